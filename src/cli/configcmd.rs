@@ -1,0 +1,50 @@
+//! `duffy config check|dump`: validate and show the effective merged configuration, secrets
+//! masked.
+
+use clap::Subcommand;
+
+use super::CliResult;
+use crate::config::Config;
+
+#[derive(Subcommand, Debug)]
+pub enum ConfigCmd {
+    /// Validate the configuration and print the effective merged config (secrets masked)
+    Check,
+    /// Print the effective merged config as YAML (secrets masked)
+    Dump,
+}
+
+pub fn run(cmd: ConfigCmd, cfg: &Config) -> CliResult {
+    let masked = serde_yaml::to_string(&cfg.raw.masked()).unwrap_or_default();
+    match cmd {
+        ConfigCmd::Check => {
+            if cfg.raw.value.is_empty() {
+                println!("Configuration is empty.");
+                return Ok(());
+            }
+            println!("OK.");
+            println!(
+                "Validated configuration subkeys: {}",
+                cfg.sections().join(", ")
+            );
+            let files: Vec<String> = cfg
+                .raw
+                .files
+                .iter()
+                .map(|f| f.display().to_string())
+                .collect();
+            println!("Files (in merge order): {}", files.join(", "));
+            if let Ok(url) = cfg.database_url() {
+                println!("Database: {}", crate::config::mask_url(&url));
+            }
+            let concrete: Vec<&str> = cfg.concrete_pools().map(|p| p.name.as_str()).collect();
+            if !concrete.is_empty() {
+                println!("Concrete pools: {}", concrete.join(", "));
+            }
+            println!("---");
+            print!("{masked}");
+        }
+        ConfigCmd::Dump => print!("{masked}"),
+    }
+    Ok(())
+}

@@ -1,0 +1,145 @@
+//! The `duffy` command line (clap): global flags, subcommand dispatch, logging set-up and the
+//! mapping of errors to messages and exit codes. Subcommands live in sibling modules.
+//!
+//! Exit codes: 0 ok; 1 operation failed (upstream's `ERROR: …` convention); 2 usage or
+//! configuration error.
+
+mod admin;
+mod configcmd;
+mod migrate;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::{self, Config, ConfigError};
+use crate::db::{self, Db, DbError};
+
+/// Error of a CLI command, with how to report it.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// configuration invalid: one line, exit 2
+    #[error("config error: {0}")]
+    Config(#[from] ConfigError),
+    /// bad arguments: one line, exit 2
+    #[error("{0}")]
+    Usage(String),
+    /// upstream admin style: `ERROR: <what>` / `ERROR DETAIL: <detail>`, exit 1
+    #[error("ERROR: {what}\nERROR DETAIL: {detail}")]
+    Failed { what: String, detail: String },
+    /// anything else: one line, exit 1
+    #[error("ERROR: {0}")]
+    Other(String),
+}
+
+impl From<DbError> for CliError {
+    fn from(e: DbError) -> Self {
+        CliError::Other(e.to_string())
+    }
+}
+
+impl CliError {
+    fn exit_code(&self) -> u8 {
+        match self {
+            CliError::Config(_) | CliError::Usage(_) => 2,
+            _ => 1,
+        }
+    }
+}
+
+pub type CliResult = Result<(), CliError>;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "duffy",
+    version = concat!(env!("CARGO_PKG_VERSION"), " (compatible with Duffy 3.4.0)"),
+    about = "CentOS CI node provisioner: pools of ready test hosts lent to CI tenants"
+)]
+pub struct Cli {
+    /// Log level (upstream names): critical, error, warning, info, debug, trace
+    #[arg(short = 'l', long, global = true, value_parser = ["critical", "error", "warning", "info", "debug", "trace"])]
+    pub loglevel: Option<String>,
+    /// Config file or directory (repeatable; default: $DUFFY_CONFIG, else /etc/duffy and ~/.config/duffy)
+    #[arg(short = 'c', long = "config", global = true, value_name = "FILE|DIR")]
+    pub config: Vec<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Check or show the effective configuration
+    #[command(subcommand)]
+    Config(configcmd::ConfigCmd),
+    /// Create or upgrade the database schema (adopts an existing upstream Duffy database)
+    #[command(alias = "setup-db")]
+    Migrate(migrate::MigrateArgs),
+    /// Administrate tenants directly in the database
+    Admin(admin::AdminArgs),
+}
+
+fn init_logging(level: &str) {
+    let directive = match level {
+        "critical" | "error" => "error",
+        "warning" => "warn",
+        other => other,
+    };
+    let filter = std::env::var("DUFFY_LOG")
+        .ok()
+        .and_then(|s| tracing_subscriber::EnvFilter::try_new(s).ok())
+        .unwrap_or_else(|| tracing_subscriber::EnvFilter::new(directive));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}
+
+/// Load the config given by `-c` (or the default lookup).
+pub fn load_config(paths: &[PathBuf]) -> Result<Config, CliError> {
+    let cfg = config::load(paths)?;
+    if cfg.has_tasks {
+        tracing::info!("config: section `tasks` (celery) accepted and not used: duffy's scheduler replaces the celery worker");
+    }
+    Ok(cfg)
+}
+
+/// Connect to the configured database.
+pub async fn connect(cfg: &Config, pool_size: usize) -> Result<Db, CliError> {
+    let url = cfg.database_url()?;
+    Ok(Db::connect(&url, pool_size).await?)
+}
+
+fn run(cli: Cli) -> CliResult {
+    let default_level = "warning";
+    init_logging(cli.loglevel.as_deref().unwrap_or(default_level));
+    let cfg = load_config(&cli.config)?;
+    match cli.command {
+        Command::Config(c) => configcmd::run(c, &cfg),
+        Command::Migrate(a) => db::block_on(migrate::run(a, &cfg)),
+        Command::Admin(a) => db::block_on(admin::run(a, &cfg)),
+    }
+}
+
+/// Entry point of the `duffy` binary.
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { 2 } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            match &e {
+                CliError::Failed { .. } | CliError::Other(_) => eprintln!("{e}"),
+                _ => eprintln!("duffy: {e}"),
+            }
+            ExitCode::from(e.exit_code())
+        }
+    }
+}

@@ -1,0 +1,589 @@
+//! Typed configuration sections: upstream's keys (compat spec §7.2) and duffy's own sections.
+//! Unknown keys are rejected except in maps upstream declares open.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer};
+use serde_yaml::{Mapping, Value};
+
+use super::{pools, ConfigError, RawConfig, ENV_DATABASE_URL};
+use crate::duration::parse_config_duration;
+
+/// Top-level keys accepted, in the order upstream documents them, then duffy's own.
+pub const UPSTREAM_SECTIONS: [&str; 7] = [
+    "client",
+    "app",
+    "tasks",
+    "database",
+    "defaults",
+    "metaclient",
+    "nodepools",
+];
+pub const DUFFY_SECTIONS: [&str; 4] = ["scheduler", "inventory", "ipmi", "events"];
+
+/// A duration in a config file: `6h`, `1h30m`, `90`, `21600` (compat spec §3.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConfigDuration(pub Duration);
+
+impl<'de> Deserialize<'de> for ConfigDuration {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let v = Value::deserialize(d)?;
+        match &v {
+            Value::Number(n) => {
+                let secs = n
+                    .as_f64()
+                    .filter(|s| *s >= 0.0 && s.is_finite())
+                    .ok_or_else(|| D::Error::custom(format!("expected a duration, got {n}")))?;
+                Ok(ConfigDuration(Duration::from_secs_f64(secs)))
+            }
+            Value::String(s) => parse_config_duration(s).map(ConfigDuration).map_err(|_| {
+                D::Error::custom(format!(
+                    "expected a duration like 6h, 1h30m or a number of seconds, got {s:?}"
+                ))
+            }),
+            other => Err(D::Error::custom(format!(
+                "expected a duration, got {}",
+                super::merge::kind(other)
+            ))),
+        }
+    }
+}
+
+/// Log levels upstream accepts (Python names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogLevel {
+    Trace,
+    Debug,
+    #[default]
+    Info,
+    Warning,
+    Error,
+    Critical,
+}
+
+impl LogLevel {
+    /// The `tracing` filter directive for this level.
+    pub fn directive(self) -> &'static str {
+        match self {
+            LogLevel::Trace => "trace",
+            LogLevel::Debug => "debug",
+            LogLevel::Info => "info",
+            LogLevel::Warning => "warn",
+            LogLevel::Error | LogLevel::Critical => "error",
+        }
+    }
+}
+
+/// `app.retries` / `defaults.retries` (serialization-failure retries, spec §9.6).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Retries {
+    #[serde(default = "Retries::d_attempts")]
+    pub no_attempts: u32,
+    #[serde(default = "Retries::d_min")]
+    pub delay_min: f64,
+    #[serde(default = "Retries::d_max")]
+    pub delay_max: f64,
+    #[serde(default = "Retries::d_factor")]
+    pub delay_backoff_factor: f64,
+    #[serde(default = "Retries::d_fuzz")]
+    pub delay_add_fuzz: f64,
+}
+
+impl Retries {
+    fn d_attempts() -> u32 {
+        5
+    }
+    fn d_min() -> f64 {
+        0.1
+    }
+    fn d_max() -> f64 {
+        1.6
+    }
+    fn d_factor() -> f64 {
+        2.0
+    }
+    fn d_fuzz() -> f64 {
+        0.3
+    }
+}
+
+impl Default for Retries {
+    fn default() -> Self {
+        Retries {
+            no_attempts: 5,
+            delay_min: 0.1,
+            delay_max: 1.6,
+            delay_backoff_factor: 2.0,
+            delay_add_fuzz: 0.3,
+        }
+    }
+}
+
+/// `client`: what `duffy client` needs to reach the API.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientConfig {
+    pub url: Option<String>,
+    pub auth: Option<ClientAuth>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientAuth {
+    pub name: Option<String>,
+    pub key: Option<uuid::Uuid>,
+}
+
+/// `app`: the REST API server.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppConfig {
+    #[serde(default = "AppConfig::d_host")]
+    pub host: String,
+    #[serde(default = "AppConfig::d_port")]
+    pub port: u16,
+    #[serde(default)]
+    pub loglevel: LogLevel,
+    /// Python logging dictConfig: accepted for compatibility, not applied (duffy logs via tracing).
+    #[serde(default)]
+    pub logging: Option<Value>,
+    #[serde(default)]
+    pub retries: Option<Retries>,
+}
+
+impl AppConfig {
+    fn d_host() -> String {
+        "127.0.0.1".into()
+    }
+    fn d_port() -> u16 {
+        8080
+    }
+}
+
+impl Default for AppConfig {
+    fn default() -> Self {
+        AppConfig {
+            host: Self::d_host(),
+            port: Self::d_port(),
+            loglevel: LogLevel::Info,
+            logging: None,
+            retries: None,
+        }
+    }
+}
+
+/// One `metaclient.poolmap` entry (spec §5.2).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolmapEntry {
+    pub pool: String,
+    pub ver: Option<String>,
+    pub arch: Option<String>,
+    pub flavor: Option<String>,
+}
+
+/// `metaclient`: the legacy cico API.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetaclientConfig {
+    #[serde(default = "AppConfig::d_host")]
+    pub host: String,
+    #[serde(default = "MetaclientConfig::d_port")]
+    pub port: u16,
+    #[serde(default)]
+    pub loglevel: LogLevel,
+    #[serde(default)]
+    pub logging: Option<Value>,
+    pub dest: Option<String>,
+    /// legacy key → tenant name (the keys are secrets)
+    #[serde(default)]
+    pub usermap: indexmap_like::StringMap,
+    #[serde(default)]
+    pub poolmap: Vec<PoolmapEntry>,
+    pub mangle_hostname: Option<String>,
+}
+
+impl MetaclientConfig {
+    fn d_port() -> u16 {
+        9090
+    }
+}
+
+/// Ordered string→string map (keeps YAML order).
+pub mod indexmap_like {
+    use serde::{Deserialize, Deserializer};
+
+    #[derive(Debug, Clone, Default, PartialEq, Eq)]
+    pub struct StringMap(pub Vec<(String, String)>);
+
+    impl StringMap {
+        pub fn get(&self, k: &str) -> Option<&str> {
+            self.0.iter().find(|(a, _)| a == k).map(|(_, b)| b.as_str())
+        }
+    }
+
+    impl<'de> Deserialize<'de> for StringMap {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            use serde::de::Error;
+            let m = serde_yaml::Mapping::deserialize(d)?;
+            let mut out = Vec::with_capacity(m.len());
+            for (k, v) in m {
+                let k = super::super::merge::key_text(&k);
+                match v {
+                    serde_yaml::Value::String(s) => out.push((k, s)),
+                    other => {
+                        return Err(D::Error::custom(format!(
+                            "expected a string value, got {}",
+                            super::super::merge::kind(&other)
+                        )))
+                    }
+                }
+            }
+            Ok(StringMap(out))
+        }
+    }
+}
+
+/// `database`: upstream's `sqlalchemy` map (open) with `sync_url`/`async_url`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseConfig {
+    #[serde(default)]
+    pub sqlalchemy: Mapping,
+}
+
+/// `defaults`: tenant defaults.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Defaults {
+    pub session_lifetime: Option<ConfigDuration>,
+    pub session_lifetime_max: Option<ConfigDuration>,
+    pub node_quota: Option<u32>,
+    #[serde(default)]
+    pub retries: Option<Retries>,
+}
+
+/// `scheduler` (duffy's own): the Rust replacement for upstream's celery worker.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct SchedulerConfig {
+    /// how often pools are checked even without a NOTIFY
+    #[serde(default = "SchedulerConfig::d_fill")]
+    pub fill_interval: ConfigDuration,
+    /// how often expired sessions are looked for
+    #[serde(default = "SchedulerConfig::d_expire")]
+    pub expire_interval: ConfigDuration,
+    /// how long a claimed job stays leased before another scheduler may take it over
+    #[serde(default = "SchedulerConfig::d_lease")]
+    pub lease: ConfigDuration,
+    /// attempts before a failing job gives up and marks its nodes failed
+    #[serde(default = "SchedulerConfig::d_attempts")]
+    pub max_attempts: u32,
+    /// wall-clock limit of one playbook run
+    #[serde(default = "SchedulerConfig::d_timeout")]
+    pub playbook_timeout: ConfigDuration,
+    /// the ansible-playbook executable
+    #[serde(default = "SchedulerConfig::d_ansible")]
+    pub ansible_playbook: String,
+    /// where each job's playbook output is kept
+    pub job_log_dir: Option<PathBuf>,
+}
+
+impl SchedulerConfig {
+    fn d_fill() -> ConfigDuration {
+        ConfigDuration(Duration::from_secs(300))
+    }
+    fn d_expire() -> ConfigDuration {
+        ConfigDuration(Duration::from_secs(60))
+    }
+    fn d_lease() -> ConfigDuration {
+        ConfigDuration(Duration::from_secs(600))
+    }
+    fn d_attempts() -> u32 {
+        5
+    }
+    fn d_timeout() -> ConfigDuration {
+        ConfigDuration(Duration::from_secs(3600))
+    }
+    fn d_ansible() -> String {
+        "ansible-playbook".into()
+    }
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        serde_yaml::from_str("{}").expect("scheduler defaults")
+    }
+}
+
+/// `inventory` (duffy's own): the dynamic inventory's options.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct InventoryConfig {
+    /// node states to include (default: every state but `done`)
+    #[serde(default)]
+    pub states: Option<Vec<crate::state::NodeState>>,
+    #[serde(default)]
+    pub include_retired: bool,
+    #[serde(default)]
+    pub group_prefix: String,
+    /// attribute mapping from pool names / node data (open map, see the inventory docs)
+    #[serde(default)]
+    pub attributes: Mapping,
+    /// group that receives `artifacts_projects_list`
+    pub artifacts_group: Option<String>,
+}
+
+impl Default for InventoryConfig {
+    fn default() -> Self {
+        serde_yaml::from_str("{}").expect("inventory defaults")
+    }
+}
+
+/// One named BMC credential (`ipmi.credentials.<name>`); nodes reference it by name.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IpmiCredential {
+    pub user: String,
+    pub password: String,
+}
+
+/// `ipmi` (duffy's own).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct IpmiConfig {
+    #[serde(default = "IpmiConfig::d_timeout")]
+    pub timeout: ConfigDuration,
+    #[serde(default = "IpmiConfig::d_retries")]
+    pub retries: u32,
+    #[serde(default)]
+    pub credentials: std::collections::BTreeMap<String, IpmiCredential>,
+}
+
+impl IpmiConfig {
+    fn d_timeout() -> ConfigDuration {
+        ConfigDuration(Duration::from_secs(5))
+    }
+    fn d_retries() -> u32 {
+        3
+    }
+}
+
+impl Default for IpmiConfig {
+    fn default() -> Self {
+        serde_yaml::from_str("{}").expect("ipmi defaults")
+    }
+}
+
+/// `events` (duffy's own): PostgreSQL LISTEN/NOTIFY channel used between API and scheduler.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventsConfig {
+    #[serde(default = "EventsConfig::d_channel")]
+    pub channel: String,
+}
+
+impl EventsConfig {
+    fn d_channel() -> String {
+        "duffy_events".into()
+    }
+}
+
+impl Default for EventsConfig {
+    fn default() -> Self {
+        serde_yaml::from_str("{}").expect("events defaults")
+    }
+}
+
+/// The validated, merged configuration.
+#[derive(Debug, Clone, Default)]
+pub struct Config {
+    pub client: Option<ClientConfig>,
+    pub app: AppConfig,
+    pub metaclient: Option<MetaclientConfig>,
+    pub database: DatabaseConfig,
+    pub defaults: Defaults,
+    /// upstream's celery section was present (accepted, unused)
+    pub has_tasks: bool,
+    pub nodepools: Vec<pools::Pool>,
+    pub scheduler: SchedulerConfig,
+    pub inventory: InventoryConfig,
+    pub ipmi: IpmiConfig,
+    pub events: EventsConfig,
+    /// `$DUFFY_DATABASE_URL` at load time
+    pub database_url_override: Option<String>,
+    pub raw: RawConfig,
+}
+
+fn section<T: DeserializeOwned>(raw: &RawConfig, key: &str) -> Result<Option<T>, ConfigError> {
+    let Some(v) = raw.value.get(key) else {
+        return Ok(None);
+    };
+    if v.is_null() {
+        return Ok(None);
+    }
+    match serde_path_to_error::deserialize::<_, T>(v.clone()) {
+        Ok(t) => Ok(Some(t)),
+        Err(e) => {
+            let inner = e.path().to_string();
+            let path = if inner == "." || inner.is_empty() {
+                key.to_string()
+            } else {
+                format!("{key}.{inner}")
+            };
+            Err(raw.invalid(&path, e.into_inner().to_string()))
+        }
+    }
+}
+
+impl Config {
+    /// Validate a merged raw config into the typed model.
+    pub fn from_raw(raw: RawConfig) -> Result<Config, ConfigError> {
+        for k in raw.value.keys() {
+            let name = super::merge::key_text(k);
+            if !UPSTREAM_SECTIONS.contains(&name.as_str())
+                && !DUFFY_SECTIONS.contains(&name.as_str())
+            {
+                return Err(raw.invalid(
+                    &name,
+                    format!(
+                        "unknown top-level key, expected one of {}",
+                        UPSTREAM_SECTIONS
+                            .iter()
+                            .chain(DUFFY_SECTIONS.iter())
+                            .copied()
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                ));
+            }
+        }
+        let defaults: Defaults = section(&raw, "defaults")?.unwrap_or_default();
+        if defaults.node_quota == Some(0) {
+            return Err(raw.invalid("defaults.node-quota", "expected an integer > 0, got 0"));
+        }
+        let metaclient: Option<MetaclientConfig> = section(&raw, "metaclient")?;
+        if let Some(m) = &metaclient {
+            if let Some(dest) = &m.dest {
+                if !(dest.starts_with("http://") || dest.starts_with("https://")) {
+                    return Err(raw.invalid(
+                        "metaclient.dest",
+                        format!("expected an http(s) URL, got {dest:?}"),
+                    ));
+                }
+            }
+        }
+        let client: Option<ClientConfig> = section(&raw, "client")?;
+        if let Some(url) = client.as_ref().and_then(|c| c.url.as_ref()) {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(raw.invalid(
+                    "client.url",
+                    format!("expected an http(s) URL, got {url:?}"),
+                ));
+            }
+        }
+        let database: DatabaseConfig = section(&raw, "database")?.unwrap_or_default();
+        for k in ["sync_url", "async_url"] {
+            match database.sqlalchemy.get(k) {
+                None | Some(Value::String(_)) => {}
+                Some(other) => {
+                    return Err(raw.invalid(
+                        &format!("database.sqlalchemy.{k}"),
+                        format!(
+                            "expected a database URL string, got {}",
+                            super::merge::kind(other)
+                        ),
+                    ))
+                }
+            }
+        }
+        let has_tasks = raw.value.contains_key("tasks");
+        if let Some(t) = raw.value.get("tasks") {
+            if !(t.is_mapping() || t.is_null()) {
+                return Err(raw.invalid(
+                    "tasks",
+                    format!("expected a mapping, got {}", super::merge::kind(t)),
+                ));
+            }
+        }
+        let nodepools = pools::resolve(&raw)?;
+        let cfg = Config {
+            client,
+            app: section(&raw, "app")?.unwrap_or_default(),
+            metaclient,
+            database,
+            defaults,
+            has_tasks,
+            nodepools,
+            scheduler: section(&raw, "scheduler")?.unwrap_or_default(),
+            inventory: section(&raw, "inventory")?.unwrap_or_default(),
+            ipmi: section(&raw, "ipmi")?.unwrap_or_default(),
+            events: section(&raw, "events")?.unwrap_or_default(),
+            database_url_override: std::env::var(ENV_DATABASE_URL)
+                .ok()
+                .filter(|s| !s.is_empty()),
+            raw,
+        };
+        if let Some(url) = &cfg.database_url_override {
+            crate::db::url::parse(url).map_err(|e| ConfigError::Invalid {
+                file: format!("${ENV_DATABASE_URL}"),
+                key: "database URL".into(),
+                msg: e.to_string(),
+            })?;
+        } else if let Some((key, url)) = cfg.configured_database_url() {
+            crate::db::url::parse(&url).map_err(|e| cfg.raw.invalid(&key, e.to_string()))?;
+        }
+        Ok(cfg)
+    }
+
+    /// `(key path, url)` of the configured database URL, `+driver` still in it.
+    fn configured_database_url(&self) -> Option<(String, String)> {
+        for k in ["sync_url", "async_url"] {
+            if let Some(Value::String(s)) = self.database.sqlalchemy.get(k) {
+                return Some((format!("database.sqlalchemy.{k}"), s.clone()));
+            }
+        }
+        None
+    }
+
+    /// The PostgreSQL URL to use: `$DUFFY_DATABASE_URL`, else `sync_url`, else `async_url`,
+    /// with SQLAlchemy's `+driver` removed.
+    pub fn database_url(&self) -> Result<String, ConfigError> {
+        let url = match (&self.database_url_override, self.configured_database_url()) {
+            (Some(u), _) => u.clone(),
+            (None, Some((_, u))) => u,
+            (None, None) => {
+                return Err(ConfigError::Invalid {
+                    file: self.raw.file_of("database"),
+                    key: "database.sqlalchemy.sync_url".into(),
+                    msg: format!(
+                        "not set: duffy needs a PostgreSQL URL here or in ${ENV_DATABASE_URL}"
+                    ),
+                })
+            }
+        };
+        Ok(crate::db::url::strip_driver(&url))
+    }
+
+    /// Concrete pools, in config order.
+    pub fn concrete_pools(&self) -> impl Iterator<Item = &pools::Pool> {
+        self.nodepools
+            .iter()
+            .filter(|p| p.kind == pools::PoolKind::Concrete)
+    }
+
+    /// Any pool (abstract or concrete) by name.
+    pub fn pool(&self, name: &str) -> Option<&pools::Pool> {
+        self.nodepools.iter().find(|p| p.name == name)
+    }
+
+    /// The top-level keys present, in merge order (for `config check`).
+    pub fn sections(&self) -> Vec<String> {
+        self.raw.value.keys().map(super::merge::key_text).collect()
+    }
+}

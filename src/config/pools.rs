@@ -1,0 +1,342 @@
+//! Node pools (`nodepools.abstract` / `nodepools.concrete`, compat spec §8.1): `extends`
+//! inheritance with upstream's deep-merge rule, then the known keys typed and checked.
+//! The merged free-form map of a pool is kept (`vars`): it is what playbook templates see.
+
+use std::path::PathBuf;
+
+use serde_yaml::{Mapping, Value};
+
+use super::merge::{deep_merge, key_text, kind};
+use super::{ConfigError, RawConfig};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PoolKind {
+    Abstract,
+    Concrete,
+}
+
+/// How tenants' SSH keys reach a node at allocation (duffy's pool key `contextualize`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Contextualize {
+    /// install the key over SSH as upstream does (default)
+    Ssh,
+    /// skip: the pool's playbook handles keys, or nodes are address-only
+    None,
+}
+
+/// A playbook reference of a mechanism.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Playbook {
+    pub playbook: String,
+    pub extra_vars: Mapping,
+}
+
+/// `mechanism` (only `type: ansible` exists).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Mechanism {
+    pub topdir: Option<PathBuf>,
+    pub extra_vars: Mapping,
+    pub provision: Playbook,
+    pub deprovision: Option<Playbook>,
+}
+
+/// One pool after inheritance.
+#[derive(Debug, Clone)]
+pub struct Pool {
+    pub name: String,
+    pub kind: PoolKind,
+    /// merged pool map including `name`, without `extends`
+    pub vars: Mapping,
+    pub fill_level: Option<u32>,
+    /// `reuse-nodes`: data key → template string or integer
+    pub reuse_nodes: Option<Mapping>,
+    pub run_parallel: bool,
+    pub mechanism: Option<Mechanism>,
+    pub contextualize: Contextualize,
+}
+
+struct Ctx<'a> {
+    raw: &'a RawConfig,
+    path: String,
+}
+
+impl Ctx<'_> {
+    fn err(&self, key: &str, msg: impl Into<String>) -> ConfigError {
+        let p = if key.is_empty() {
+            self.path.clone()
+        } else {
+            format!("{}.{key}", self.path)
+        };
+        self.raw.invalid(&p, msg)
+    }
+}
+
+fn get_str(ctx: &Ctx, m: &Mapping, key: &str, path: &str) -> Result<Option<String>, ConfigError> {
+    match m.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(other) => Err(ctx.err(path, format!("expected a string, got {}", kind(other)))),
+    }
+}
+
+fn get_map(ctx: &Ctx, m: &Mapping, key: &str, path: &str) -> Result<Option<Mapping>, ConfigError> {
+    match m.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Mapping(x)) => Ok(Some(x.clone())),
+        Some(other) => Err(ctx.err(path, format!("expected a mapping, got {}", kind(other)))),
+    }
+}
+
+fn playbook(ctx: &Ctx, m: &Mapping, key: &str) -> Result<Option<Playbook>, ConfigError> {
+    let path = format!("mechanism.ansible.{key}");
+    let Some(pb) = get_map(ctx, m, key, &path)? else {
+        return Ok(None);
+    };
+    for k in pb.keys() {
+        let k = key_text(k);
+        if k != "playbook" && k != "extra-vars" {
+            return Err(ctx.err(
+                &format!("{path}.{k}"),
+                "unknown key, expected playbook or extra-vars",
+            ));
+        }
+    }
+    let Some(playbook) = get_str(ctx, &pb, "playbook", &format!("{path}.playbook"))? else {
+        return Err(ctx.err(&format!("{path}.playbook"), "required: the playbook to run"));
+    };
+    let extra_vars =
+        get_map(ctx, &pb, "extra-vars", &format!("{path}.extra-vars"))?.unwrap_or_default();
+    Ok(Some(Playbook {
+        playbook,
+        extra_vars,
+    }))
+}
+
+fn mechanism(ctx: &Ctx, vars: &Mapping, concrete: bool) -> Result<Option<Mechanism>, ConfigError> {
+    let Some(mech) = get_map(ctx, vars, "mechanism", "mechanism")? else {
+        if concrete {
+            return Err(ctx.err(
+                "mechanism",
+                "required for a concrete pool: {type: ansible, ansible: {provision: {playbook: …}}}",
+            ));
+        }
+        return Ok(None);
+    };
+    let ty = get_str(ctx, &mech, "type", "mechanism.type")?;
+    if !concrete && ty.is_none() {
+        return Ok(None);
+    }
+    match ty.as_deref() {
+        Some("ansible") => {}
+        Some(other) => {
+            return Err(ctx.err("mechanism.type", format!("expected ansible, got {other:?}")))
+        }
+        None => return Err(ctx.err("mechanism.type", "required: ansible")),
+    }
+    let Some(ans) = get_map(ctx, &mech, "ansible", "mechanism.ansible")? else {
+        if concrete {
+            return Err(ctx.err("mechanism.ansible", "required: {provision: {playbook: …}}"));
+        }
+        return Ok(None);
+    };
+    for k in ans.keys() {
+        let k = key_text(k);
+        if !["topdir", "extra-vars", "provision", "deprovision"].contains(&k.as_str()) {
+            return Err(ctx.err(
+                &format!("mechanism.ansible.{k}"),
+                "unknown key, expected topdir, extra-vars, provision or deprovision",
+            ));
+        }
+    }
+    let topdir = get_str(ctx, &ans, "topdir", "mechanism.ansible.topdir")?.map(PathBuf::from);
+    let extra_vars =
+        get_map(ctx, &ans, "extra-vars", "mechanism.ansible.extra-vars")?.unwrap_or_default();
+    let provision = playbook(ctx, &ans, "provision")?;
+    let deprovision = playbook(ctx, &ans, "deprovision")?;
+    match provision {
+        Some(provision) => Ok(Some(Mechanism {
+            topdir,
+            extra_vars,
+            provision,
+            deprovision,
+        })),
+        None if concrete => Err(ctx.err(
+            "mechanism.ansible.provision",
+            "required for a concrete pool: {playbook: …}",
+        )),
+        None => Ok(None),
+    }
+}
+
+fn typed(ctx: &Ctx, name: &str, kind_: PoolKind, vars: Mapping) -> Result<Pool, ConfigError> {
+    let concrete = kind_ == PoolKind::Concrete;
+    let fill_level = match vars.get("fill-level") {
+        None | Some(Value::Null) => None,
+        Some(Value::Number(n)) if n.as_u64().is_some_and(|v| v > 0 && v <= u32::MAX as u64) => {
+            Some(n.as_u64().unwrap_or_default() as u32)
+        }
+        Some(other) => {
+            return Err(ctx.err(
+                "fill-level",
+                format!("expected an integer > 0, got {}", show(other)),
+            ))
+        }
+    };
+    let reuse_nodes = match vars.get("reuse-nodes") {
+        None | Some(Value::Null) | Some(Value::Bool(false)) => None,
+        Some(Value::Mapping(m)) => {
+            for (k, v) in m {
+                match v {
+                    Value::String(_) => {}
+                    Value::Number(n) if n.is_i64() || n.is_u64() => {}
+                    other => {
+                        return Err(ctx.err(
+                            &format!("reuse-nodes.{}", key_text(k)),
+                            format!(
+                                "expected a string (template) or an integer, got {}",
+                                kind(other)
+                            ),
+                        ))
+                    }
+                }
+            }
+            Some(m.clone())
+        }
+        Some(other) => {
+            return Err(ctx.err(
+                "reuse-nodes",
+                format!(
+                    "expected false or a mapping of node data keys, got {}",
+                    kind(other)
+                ),
+            ))
+        }
+    };
+    let run_parallel = match vars.get("run-parallel") {
+        None | Some(Value::Null) => true,
+        Some(Value::Bool(b)) => *b,
+        Some(other) => {
+            return Err(ctx.err(
+                "run-parallel",
+                format!("expected a boolean, got {}", kind(other)),
+            ))
+        }
+    };
+    let contextualize = match vars.get("contextualize") {
+        None | Some(Value::Null) => Contextualize::Ssh,
+        Some(Value::String(s)) if s == "ssh" => Contextualize::Ssh,
+        Some(Value::String(s)) if s == "none" => Contextualize::None,
+        Some(other) => {
+            return Err(ctx.err(
+                "contextualize",
+                format!("expected ssh or none, got {}", show(other)),
+            ))
+        }
+    };
+    let mechanism = mechanism(ctx, &vars, concrete)?;
+    if concrete && fill_level.is_none() {
+        tracing::warn!(
+            pool = name,
+            "concrete pool has no fill-level: it is never filled and not listed"
+        );
+    }
+    Ok(Pool {
+        name: name.to_string(),
+        kind: kind_,
+        vars,
+        fill_level,
+        reuse_nodes,
+        run_parallel,
+        mechanism,
+        contextualize,
+    })
+}
+
+fn show(v: &Value) -> String {
+    match v {
+        Value::String(s) => format!("{s:?}"),
+        Value::Number(n) => n.to_string(),
+        other => kind(other).to_string(),
+    }
+}
+
+/// Resolve `nodepools` into pools in config order (sections as they appear, pools in order).
+pub fn resolve(raw: &RawConfig) -> Result<Vec<Pool>, ConfigError> {
+    let Some(np) = raw.value.get("nodepools") else {
+        return Ok(vec![]);
+    };
+    let np = match np {
+        Value::Null => return Ok(vec![]),
+        Value::Mapping(m) => m,
+        other => {
+            return Err(raw.invalid(
+                "nodepools",
+                format!("expected a mapping, got {}", kind(other)),
+            ))
+        }
+    };
+    let mut out: Vec<Pool> = Vec::new();
+    for (section, pools) in np {
+        let section = key_text(section);
+        let kind_ = match section.as_str() {
+            "abstract" => PoolKind::Abstract,
+            "concrete" => PoolKind::Concrete,
+            _ => {
+                return Err(raw.invalid(
+                    &format!("nodepools.{section}"),
+                    "unknown key, expected abstract or concrete",
+                ))
+            }
+        };
+        let pools = match pools {
+            Value::Null => continue,
+            Value::Mapping(m) => m,
+            other => {
+                return Err(raw.invalid(
+                    &format!("nodepools.{section}"),
+                    format!("expected a mapping of pool names, got {}", kind(other)),
+                ))
+            }
+        };
+        for (name, def) in pools {
+            let name = key_text(name);
+            let ctx = Ctx {
+                raw,
+                path: format!("nodepools.{section}.{name}"),
+            };
+            if out.iter().any(|p| p.name == name) {
+                return Err(ctx.err("", "pool defined twice (pool names are global)"));
+            }
+            let mut own = match def {
+                Value::Null => Mapping::new(),
+                Value::Mapping(m) => m.clone(),
+                other => {
+                    return Err(ctx.err("", format!("expected a mapping, got {}", kind(other))))
+                }
+            };
+            let mut vars = match own.remove("extends") {
+                None | Some(Value::Null) => Mapping::new(),
+                Some(Value::String(parent)) => match out.iter().find(|p| p.name == parent) {
+                    Some(p) => p.vars.clone(),
+                    None => return Err(ctx.err(
+                        "extends",
+                        format!(
+                            "unknown pool {parent:?} (extends must name a pool defined earlier)"
+                        ),
+                    )),
+                },
+                Some(other) => {
+                    return Err(ctx.err(
+                        "extends",
+                        format!("expected a pool name, got {}", kind(&other)),
+                    ))
+                }
+            };
+            vars.remove("name");
+            deep_merge(&mut vars, own, "", &mut |_| {}).map_err(|(k, m)| ctx.err(&k, m))?;
+            vars.insert(Value::from("name"), Value::from(name.clone()));
+            out.push(typed(&ctx, &name, kind_, vars)?);
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,186 @@
+//! Embedded, versioned schema migrations.
+//!
+//! Two tracks in one transaction under an advisory lock (so concurrent `duffy migrate` runs are
+//! safe and a failure changes nothing):
+//! 1. **upstream track** — the tables of upstream Duffy v3. A fresh database gets the head schema
+//!    and an `alembic_version` stamp; an existing upstream database is *adopted*: its alembic
+//!    revision is recognised and the remaining upstream steps (pure index DDL) are applied,
+//!    exactly as upstream's `duffy migration upgrade` would. No row is touched.
+//! 2. **duffy track** — duffy's own `duffy_*` tables, versioned in `duffy_schema_migrations`.
+
+use tokio_postgres::Client;
+
+use super::DbError;
+
+/// Upstream's alembic head revision, which duffy's schema is compatible with.
+pub const UPSTREAM_HEAD: &str = "6654d536b836";
+
+/// Upstream revisions (oldest first) and the DDL that leads *to* each from its predecessor.
+const UPSTREAM_STEPS: [(&str, &str); 3] = [
+    ("ce2e575cb800", ""),
+    (
+        "36cf064c0481",
+        "DROP INDEX active_hostname_index;
+         DROP INDEX active_ipaddr_index;
+         CREATE UNIQUE INDEX active_hostname_index ON nodes (hostname)
+           WHERE retired_at IS NULL AND state <> 'provisioning' AND state <> 'failed';
+         CREATE UNIQUE INDEX active_ipaddr_index ON nodes (ipaddr)
+           WHERE retired_at IS NULL AND state <> 'provisioning' AND state <> 'failed';",
+    ),
+    (
+        "6654d536b836",
+        "CREATE INDEX nodes_state_index ON nodes (state);
+         CREATE INDEX sessions_nodes_session_id_index ON sessions_nodes (session_id);",
+    ),
+];
+
+/// duffy's own migrations: (version, name, SQL). Append only; never edit a released one.
+const DUFFY_MIGRATIONS: &[(i32, &str, &str)] =
+    &[(1, "history", include_str!("sql/0001_history.sql"))];
+
+const UPSTREAM_TABLES: [&str; 4] = ["nodes", "sessions", "sessions_nodes", "tenants"];
+const LOCK_KEY: i64 = 0x6475_6666_795f_6d67; // "duffy_mg"
+
+/// What a migration run found and did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Report {
+    /// upstream revision found (None: fresh database)
+    pub upstream_found: Option<String>,
+    /// the upstream schema was created from scratch
+    pub created_upstream: bool,
+    /// upstream revisions applied
+    pub upstream_applied: Vec<String>,
+    /// duffy migrations applied, as `NNNN_name`
+    pub duffy_applied: Vec<String>,
+}
+
+impl Report {
+    pub fn changed(&self) -> bool {
+        self.created_upstream || !self.upstream_applied.is_empty() || !self.duffy_applied.is_empty()
+    }
+}
+
+/// Schema state without changing anything.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Status {
+    pub upstream_revision: Option<String>,
+    pub duffy_version: Option<i32>,
+    pub duffy_latest: i32,
+}
+
+async fn table_exists(c: &impl super::GenericClient, name: &str) -> Result<bool, DbError> {
+    Ok(c.query_one("SELECT to_regclass($1) IS NOT NULL", &[&name])
+        .await?
+        .get(0))
+}
+
+async fn upstream_revision(c: &impl super::GenericClient) -> Result<Option<String>, DbError> {
+    if !table_exists(c, "alembic_version").await? {
+        return Ok(None);
+    }
+    let rows = c
+        .query("SELECT version_num FROM alembic_version", &[])
+        .await?;
+    match rows.len() {
+        0 => Ok(None),
+        1 => Ok(Some(rows[0].get(0))),
+        _ => Err(DbError::Migration(
+            "alembic_version has several rows (branched upstream migrations); refusing to adopt"
+                .into(),
+        )),
+    }
+}
+
+async fn duffy_version(c: &impl super::GenericClient) -> Result<Option<i32>, DbError> {
+    if !table_exists(c, "duffy_schema_migrations").await? {
+        return Ok(None);
+    }
+    Ok(
+        c.query_one("SELECT max(version) FROM duffy_schema_migrations", &[])
+            .await?
+            .get(0),
+    )
+}
+
+/// Report the schema versions of the database.
+pub async fn status(c: &Client) -> Result<Status, DbError> {
+    Ok(Status {
+        upstream_revision: upstream_revision(c).await?,
+        duffy_version: duffy_version(c).await?,
+        duffy_latest: DUFFY_MIGRATIONS.last().map(|m| m.0).unwrap_or(0),
+    })
+}
+
+/// Create or upgrade the schema. Idempotent: a second run reports no change.
+pub async fn run(client: &mut Client) -> Result<Report, DbError> {
+    let tx = client.transaction().await?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&LOCK_KEY])
+        .await?;
+    let mut report = Report::default();
+
+    let mut present = Vec::new();
+    for t in UPSTREAM_TABLES {
+        if table_exists(&tx, t).await? {
+            present.push(t);
+        }
+    }
+    let revision = upstream_revision(&tx).await?;
+    report.upstream_found = revision.clone();
+    match (&revision, present.len()) {
+        (None, 0) => {
+            tx.batch_execute(include_str!("sql/upstream_head.sql")).await?;
+            report.created_upstream = true;
+        }
+        (None, _) => {
+            return Err(DbError::Migration(format!(
+                "tables {} exist but alembic_version is missing or empty: not a Duffy database duffy can adopt",
+                present.join(", ")
+            )))
+        }
+        (Some(rev), n) => {
+            if n != UPSTREAM_TABLES.len() {
+                return Err(DbError::Migration(format!(
+                    "upstream revision {rev} recorded but only tables {} exist",
+                    present.join(", ")
+                )));
+            }
+            let Some(pos) = UPSTREAM_STEPS.iter().position(|(r, _)| r == rev) else {
+                return Err(DbError::Migration(format!(
+                    "unknown upstream Duffy revision {rev} (known: {}); refusing to touch this database",
+                    UPSTREAM_STEPS.map(|s| s.0).join(", ")
+                )));
+            };
+            for (next, ddl) in &UPSTREAM_STEPS[pos + 1..] {
+                tx.batch_execute(ddl).await?;
+                tx.execute("UPDATE alembic_version SET version_num = $1", &[next])
+                    .await?;
+                report.upstream_applied.push(next.to_string());
+            }
+        }
+    }
+
+    tx.batch_execute(
+        "CREATE TABLE IF NOT EXISTS duffy_schema_migrations (
+           version    integer PRIMARY KEY,
+           name       text NOT NULL,
+           applied_at timestamptz NOT NULL DEFAULT now())",
+    )
+    .await?;
+    let current = duffy_version(&tx).await?.unwrap_or(0);
+    for (version, name, sql) in DUFFY_MIGRATIONS {
+        if *version <= current {
+            continue;
+        }
+        tx.batch_execute(sql).await.map_err(|e| {
+            DbError::Migration(format!("duffy migration {version:04}_{name} failed: {e}"))
+        })?;
+        tx.execute(
+            "INSERT INTO duffy_schema_migrations (version, name) VALUES ($1, $2)",
+            &[version, name],
+        )
+        .await?;
+        report.duffy_applied.push(format!("{version:04}_{name}"));
+    }
+    tx.commit().await?;
+    Ok(report)
+}

@@ -1,0 +1,172 @@
+//! The only place in duffy that speaks SQL.
+//!
+//! One asynchronous layer on `tokio-postgres` with a `deadpool-postgres` pool: the server and the
+//! scheduler share a multi-threaded runtime, short-lived processes (CLI, Ansible modules,
+//! inventory) call the very same functions from a current-thread runtime ([`block_on`]).
+//! Every multi-row change happens in one transaction opened by the caller of these functions
+//! (functions take any `GenericClient`, so they compose inside a transaction).
+
+pub mod audit;
+pub mod migrate;
+pub mod nodes;
+pub mod tenants;
+pub mod url;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use thiserror::Error;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::NoTls;
+
+pub use tokio_postgres::GenericClient;
+
+/// Database failures, with enough context for a one-line message (never a password).
+#[derive(Debug, Error)]
+pub enum DbError {
+    #[error("{0}")]
+    Pg(#[from] tokio_postgres::Error),
+    #[error("cannot connect to PostgreSQL ({target}): {msg}")]
+    Connect { target: String, msg: String },
+    #[error("invalid database URL: {0}")]
+    Url(#[from] url::UrlError),
+    #[error("{0}")]
+    Migration(String),
+    #[error(transparent)]
+    State(#[from] crate::state::StateError),
+}
+
+impl DbError {
+    /// The SQLSTATE of a server-side error, if any.
+    pub fn code(&self) -> Option<&SqlState> {
+        match self {
+            DbError::Pg(e) => e.code(),
+            _ => None,
+        }
+    }
+
+    /// Name of the violated unique constraint, for `23505` errors.
+    pub fn unique_violation(&self) -> Option<String> {
+        match self {
+            DbError::Pg(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => e
+                .as_db_error()
+                .and_then(|d| d.constraint().map(str::to_string))
+                .or_else(|| Some(String::new())),
+            _ => None,
+        }
+    }
+}
+
+fn describe(cfg: &tokio_postgres::Config) -> String {
+    let host = cfg
+        .get_hosts()
+        .first()
+        .map(|h| match h {
+            tokio_postgres::config::Host::Tcp(s) => s.clone(),
+            tokio_postgres::config::Host::Unix(p) => p.display().to_string(),
+        })
+        .unwrap_or_default();
+    let port = cfg.get_ports().first().copied().unwrap_or(5432);
+    format!(
+        "{}@{}:{}/{}",
+        cfg.get_user().unwrap_or("?"),
+        host,
+        port,
+        url::dbname(cfg)
+    )
+}
+
+/// A pool of connections to the duffy database.
+#[derive(Clone)]
+pub struct Db {
+    pool: Pool,
+    target: String,
+}
+
+impl Db {
+    /// Build a pool for `url` (SQLAlchemy or libpq form) and check that one connection works.
+    pub async fn connect(url: &str, max_size: usize) -> Result<Db, DbError> {
+        let cfg = url::parse(url)?;
+        let target = describe(&cfg);
+        let mgr = Manager::from_config(
+            cfg,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(mgr)
+            .max_size(max_size.max(1))
+            .build()
+            .map_err(|e| DbError::Connect {
+                target: target.clone(),
+                msg: e.to_string(),
+            })?;
+        let db = Db { pool, target };
+        drop(db.get().await?);
+        Ok(db)
+    }
+
+    /// A pooled connection (derefs to `tokio_postgres::Client`).
+    pub async fn get(&self) -> Result<deadpool_postgres::Object, DbError> {
+        self.pool.get().await.map_err(|e| {
+            let msg = match e {
+                deadpool_postgres::PoolError::Backend(pg) => pg.to_string(),
+                other => other.to_string(),
+            };
+            DbError::Connect {
+                target: self.target.clone(),
+                msg,
+            }
+        })
+    }
+
+    /// `user@host:port/db` (no password), for messages.
+    pub fn target(&self) -> &str {
+        &self.target
+    }
+}
+
+/// Double-quote an SQL identifier.
+pub fn quote_ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+/// Create the database named in `url` if it does not exist (connecting to `postgres` first).
+pub async fn ensure_database(url: &str) -> Result<bool, DbError> {
+    let cfg = url::parse(url)?;
+    let name = url::dbname(&cfg);
+    let mut admin = cfg.clone();
+    admin.dbname("postgres");
+    let target = describe(&admin);
+    let (client, conn) = admin.connect(NoTls).await.map_err(|e| DbError::Connect {
+        target,
+        msg: e.to_string(),
+    })?;
+    let task = tokio::spawn(conn);
+    let exists = client
+        .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&name])
+        .await?
+        .is_some();
+    if !exists {
+        match client
+            .batch_execute(&format!("CREATE DATABASE {}", quote_ident(&name)))
+            .await
+        {
+            Ok(()) => {}
+            // created concurrently by someone else: fine
+            Err(e) if e.code() == Some(&SqlState::DUPLICATE_DATABASE) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    drop(client);
+    let _ = task.await;
+    Ok(!exists)
+}
+
+/// Run a future to completion on a fresh current-thread runtime (for short-lived binaries).
+pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+        .block_on(f)
+}

@@ -1,0 +1,274 @@
+//! Node rows: reading, creating, and the single guarded state transition.
+
+use chrono::NaiveDateTime;
+use serde_json::Value as Json;
+use tokio_postgres::Row;
+
+use super::{DbError, GenericClient};
+use crate::state::{self, Actor, NodeState, StateError};
+
+/// A row of `nodes`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Node {
+    pub id: i32,
+    pub hostname: Option<String>,
+    pub ipaddr: Option<String>,
+    pub state: NodeState,
+    pub comment: Option<String>,
+    pub pool: Option<String>,
+    pub reusable: bool,
+    pub data: Json,
+    pub created_at: NaiveDateTime,
+    pub retired_at: Option<NaiveDateTime>,
+}
+
+pub const COLUMNS: &str =
+    "id, hostname, ipaddr, state, comment, pool, reusable, data, created_at, retired_at";
+
+impl From<&Row> for Node {
+    fn from(r: &Row) -> Self {
+        Node {
+            id: r.get("id"),
+            hostname: r.get("hostname"),
+            ipaddr: r.get("ipaddr"),
+            state: r.get("state"),
+            comment: r.get("comment"),
+            pool: r.get("pool"),
+            reusable: r.get("reusable"),
+            data: r.get("data"),
+            created_at: r.get("created_at"),
+            retired_at: r.get("retired_at"),
+        }
+    }
+}
+
+/// Fields of a new node row.
+#[derive(Debug, Clone, Default)]
+pub struct NewNode {
+    pub hostname: Option<String>,
+    pub ipaddr: Option<String>,
+    pub pool: Option<String>,
+    pub reusable: bool,
+    pub comment: Option<String>,
+    pub data: Option<Json>,
+}
+
+/// Insert a node in `state` (creation is recorded in the history with no previous state).
+pub async fn insert(
+    c: &impl GenericClient,
+    n: &NewNode,
+    state: NodeState,
+    actor: Actor,
+    reason: &str,
+) -> Result<Node, DbError> {
+    let data = n
+        .data
+        .clone()
+        .unwrap_or_else(|| Json::Object(Default::default()));
+    let row = c
+        .query_one(
+            &format!(
+                "WITH ins AS (
+                   INSERT INTO nodes (hostname, ipaddr, state, comment, pool, reusable, data)
+                   VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING {COLUMNS}
+                 ), hist AS (
+                   INSERT INTO duffy_node_history (node_id, from_state, to_state, pool, actor, reason)
+                   SELECT id, NULL, state, pool, $8, $9 FROM ins
+                 ) SELECT * FROM ins"
+            ),
+            &[
+                &n.hostname,
+                &n.ipaddr,
+                &state,
+                &n.comment,
+                &n.pool,
+                &n.reusable,
+                &data,
+                &actor.as_str(),
+                &reason,
+            ],
+        )
+        .await?;
+    Ok(Node::from(&row))
+}
+
+/// One node by id.
+pub async fn get(c: &impl GenericClient, id: i32) -> Result<Option<Node>, DbError> {
+    Ok(c.query_opt(
+        &format!("SELECT {COLUMNS} FROM nodes WHERE id = $1"),
+        &[&id],
+    )
+    .await?
+    .as_ref()
+    .map(Node::from))
+}
+
+/// Column changes made together with a transition (None = leave as is).
+#[derive(Debug, Clone, Default)]
+pub struct NodeChanges {
+    pub pool: Option<Option<String>>,
+    pub hostname: Option<Option<String>>,
+    pub ipaddr: Option<Option<String>>,
+    pub comment: Option<Option<String>>,
+    /// keys merged into `data` (top level)
+    pub data_merge: Option<Json>,
+    /// keys removed from `data`
+    pub data_remove: Vec<String>,
+    /// set `retired_at` to now (UTC)
+    pub retire: bool,
+}
+
+/// A request to move nodes to `to`, from any of `from`.
+#[derive(Debug, Clone)]
+pub struct TransitionRequest<'a> {
+    pub node_ids: &'a [i32],
+    pub from: &'a [NodeState],
+    pub to: NodeState,
+    pub actor: Actor,
+    pub reason: Option<&'a str>,
+    pub session_id: Option<i32>,
+    pub changes: NodeChanges,
+}
+
+/// A node that was moved, and the state it left.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Moved {
+    pub id: i32,
+    pub from: NodeState,
+}
+
+/// Move every node of `req.node_ids` that is currently in one of `req.from` to `req.to`,
+/// applying `req.changes` and writing one `duffy_node_history` row per node — one statement.
+///
+/// The `WHERE state = ANY(from)` guard is re-checked under the row lock, so of two concurrent
+/// writers exactly one moves a node; the other sees it gone from its result. Nodes not in an
+/// expected state are simply not returned (callers that need all of them use
+/// [`transition_exact`]). Illegal `from -> to` pairs are refused before any SQL runs.
+pub async fn transition(
+    c: &impl GenericClient,
+    req: &TransitionRequest<'_>,
+) -> Result<Vec<Moved>, DbError> {
+    if req.from.is_empty() {
+        return Ok(vec![]);
+    }
+    for f in req.from {
+        state::check(*f, req.to, req.actor)?;
+    }
+    let ch = &req.changes;
+    let empty = Json::Object(Default::default());
+    let rows = c
+        .query(
+            "WITH cand AS (
+               SELECT id, state AS old_state FROM nodes
+               WHERE id = ANY($1) AND state = ANY($2) FOR UPDATE
+             ), upd AS (
+               UPDATE nodes n SET
+                 state    = $3,
+                 pool     = CASE WHEN $4 THEN $5 ELSE n.pool END,
+                 hostname = CASE WHEN $6 THEN $7 ELSE n.hostname END,
+                 ipaddr   = CASE WHEN $8 THEN $9 ELSE n.ipaddr END,
+                 comment  = CASE WHEN $10 THEN $11 ELSE n.comment END,
+                 data     = CASE WHEN $12 THEN ((n.data::jsonb - $13::text[]) || $14::jsonb)::json ELSE n.data END,
+                 retired_at = CASE WHEN $15 THEN (now() AT TIME ZONE 'utc') ELSE n.retired_at END
+               FROM cand WHERE n.id = cand.id
+               RETURNING n.id, cand.old_state, n.pool
+             ), hist AS (
+               INSERT INTO duffy_node_history (node_id, from_state, to_state, pool, session_id, actor, reason)
+               SELECT id, old_state, $3, pool, $16, $17, $18 FROM upd
+             )
+             SELECT id, old_state FROM upd ORDER BY id",
+            &[
+                &req.node_ids,
+                &req.from,
+                &req.to,
+                &ch.pool.is_some(),
+                &ch.pool.clone().flatten(),
+                &ch.hostname.is_some(),
+                &ch.hostname.clone().flatten(),
+                &ch.ipaddr.is_some(),
+                &ch.ipaddr.clone().flatten(),
+                &ch.comment.is_some(),
+                &ch.comment.clone().flatten(),
+                &(ch.data_merge.is_some() || !ch.data_remove.is_empty()),
+                &ch.data_remove,
+                &ch.data_merge.as_ref().unwrap_or(&empty),
+                &ch.retire,
+                &req.session_id,
+                &req.actor.as_str(),
+                &req.reason,
+            ],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| Moved {
+            id: r.get(0),
+            from: r.get(1),
+        })
+        .collect())
+}
+
+/// Like [`transition`] but every requested node must move; otherwise nothing is returned and an
+/// error names the first node that was not in an expected state. Run it inside a transaction
+/// so that the partial move is rolled back with the error.
+pub async fn transition_exact(
+    c: &impl GenericClient,
+    req: &TransitionRequest<'_>,
+) -> Result<Vec<Moved>, DbError> {
+    let moved = transition(c, req).await?;
+    if moved.len() == req.node_ids.len() {
+        return Ok(moved);
+    }
+    let missing = req
+        .node_ids
+        .iter()
+        .copied()
+        .find(|id| !moved.iter().any(|m| m.id == *id))
+        .unwrap_or_default();
+    let expected = req
+        .from
+        .iter()
+        .map(|s| s.as_str())
+        .collect::<Vec<_>>()
+        .join("|");
+    Err(match get(c, missing).await? {
+        None => StateError::NotFound(missing).into(),
+        Some(n) => StateError::Conflict {
+            id: missing,
+            expected,
+            current: n.state.to_string(),
+        }
+        .into(),
+    })
+}
+
+/// One entry of a node's history.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HistoryEntry {
+    pub from: Option<NodeState>,
+    pub to: Option<NodeState>,
+    pub actor: String,
+    pub reason: Option<String>,
+    pub session_id: Option<i32>,
+}
+
+/// A node's history, oldest first.
+pub async fn history(c: &impl GenericClient, node_id: i32) -> Result<Vec<HistoryEntry>, DbError> {
+    let rows = c
+        .query(
+            "SELECT from_state, to_state, actor, reason, session_id FROM duffy_node_history
+             WHERE node_id = $1 ORDER BY id",
+            &[&node_id],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| HistoryEntry {
+            from: r.get(0),
+            to: r.get(1),
+            actor: r.get(2),
+            reason: r.get(3),
+            session_id: r.get(4),
+        })
+        .collect())
+}

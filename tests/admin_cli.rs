@@ -1,0 +1,249 @@
+//! `duffy admin` end to end: run the binary against a throw-away database, parse its output.
+mod common;
+
+use common::*;
+
+#[test]
+fn create_tenant_prints_key_and_stores_bcrypt_hash() {
+    let tdb = TestDb::empty();
+    let cfg = TestConfig::new(&tdb.url, "");
+    let o = duffy(Some(&cfg.path), &["migrate"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = duffy(
+        Some(&cfg.path),
+        &["admin", "create-tenant", "demo", SSH_KEY],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    let key = out.trim().strip_prefix("OK: demo: ").expect(&out);
+    let key = uuid::Uuid::parse_str(key).expect("api key is a UUID");
+    assert_eq!(key.get_version_num(), 4);
+    let rows = tdb.query_strings("SELECT api_key FROM tenants WHERE name = 'demo'");
+    let hash = rows[0].clone().unwrap();
+    assert!(hash.starts_with("$2b$12$"), "{hash}");
+    assert!(duffy::apikey::verify(&key.to_string(), &hash));
+    assert!(!hash.contains(&key.to_string()));
+    let row = tdb.query_strings(
+        "SELECT concat_ws('|', ssh_key, is_admin, coalesce(node_quota::text, 'NULL'), coalesce(session_lifetime::text, 'NULL'), (retired_at IS NULL)) FROM tenants WHERE name = 'demo'",
+    );
+    assert_eq!(
+        row[0].as_deref().unwrap(),
+        format!("{SSH_KEY}|f|NULL|NULL|t")
+    );
+
+    // a second create of the same name fails, clearly, and writes nothing
+    let o = duffy(
+        Some(&cfg.path),
+        &["admin", "create-tenant", "demo", SSH_KEY],
+    );
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("ERROR: demo"), "{}", stderr(&o));
+    assert!(stderr(&o).contains("already exists"), "{}", stderr(&o));
+    assert_eq!(
+        tdb.query_strings("SELECT count(*) FROM tenants")[0].as_deref(),
+        Some("1")
+    );
+}
+
+#[test]
+fn bad_ssh_key_is_refused_and_nothing_written() {
+    let tdb = TestDb::migrated();
+    let cfg = TestConfig::new(&tdb.url, "");
+    let o = duffy(
+        Some(&cfg.path),
+        &["admin", "create-tenant", "bad", "ssh-rsa AAAAnot-a-key"],
+    );
+    assert_eq!(o.status.code(), Some(1));
+    let err = stderr(&o);
+    assert!(err.contains("ssh_key: line 1"), "{err}");
+    assert_eq!(
+        tdb.query_strings("SELECT count(*) FROM tenants")[0].as_deref(),
+        Some("0")
+    );
+    let o = duffy(
+        Some(&cfg.path),
+        &[
+            "admin",
+            "create-tenant",
+            "--node-quota",
+            "0",
+            "bad",
+            SSH_KEY,
+        ],
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("--node-quota"));
+}
+
+#[test]
+fn show_update_retire_reset_list() {
+    let tdb = TestDb::migrated();
+    let cfg = TestConfig::new(&tdb.url, "");
+    let c = Some(cfg.path.as_path());
+    let two_keys = format!("{SSH_KEY}\n{SSH_KEY} second");
+    let o = duffy(
+        c,
+        &[
+            "admin",
+            "create-tenant",
+            "--node-quota",
+            "3",
+            "--session-lifetime",
+            "1h30m",
+            "alpha",
+            &two_keys,
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = duffy(
+        c,
+        &["admin", "create-tenant", "--is-admin", "admin", SSH_KEY],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+
+    let o = duffy(c, &["admin", "show-tenant", "alpha"]);
+    let out = stdout(&o);
+    assert!(
+        out.starts_with("OK: alpha: id=1 node_quota=3 effective_node_quota=3 session_lifetime=1:30:00 effective_session_lifetime=1:30:00 session_lifetime_max=None effective_session_lifetime_max=12:00:00 active=True created_at="),
+        "{out}"
+    );
+    assert!(out.trim_end().ends_with("retired_at=None"), "{out}");
+
+    let o = duffy(c, &["admin", "show-tenant", "nobody"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(stderr(&o), "ERROR: nobody\nERROR DETAIL: Not Found\n");
+
+    let o = duffy(
+        c,
+        &[
+            "admin",
+            "update-tenant",
+            "--node-quota",
+            "none",
+            "--session-lifetime-max",
+            "2d",
+            "alpha",
+        ],
+    );
+    let out = stdout(&o);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        out.trim(),
+        "OK: alpha: ssh_key=********** api_key=********** node_quota=None effective_node_quota=10 session_lifetime=1:30:00 effective_session_lifetime=1:30:00 session_lifetime_max=2 days, 0:00:00 effective_session_lifetime_max=2 days, 0:00:00"
+    );
+
+    let o = duffy(c, &["admin", "update-tenant", "alpha"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("Either --ssh-key, --api-key"),
+        "{}",
+        stderr(&o)
+    );
+
+    // reset prints a new key once; the old one stops working
+    let old = tdb.query_strings("SELECT api_key FROM tenants WHERE name='alpha'")[0]
+        .clone()
+        .unwrap();
+    let o = duffy(c, &["admin", "reset-api-key", "alpha"]);
+    let key = stdout(&o)
+        .trim()
+        .strip_prefix("OK: alpha: ")
+        .unwrap()
+        .to_string();
+    let new = tdb.query_strings("SELECT api_key FROM tenants WHERE name='alpha'")[0]
+        .clone()
+        .unwrap();
+    assert_ne!(old, new);
+    assert!(duffy::apikey::verify(&key, &new));
+
+    // set a known (legacy) key; it is never echoed
+    let legacy = "8E06B6E1-FB32-4348-9342-9509E7507A1E";
+    let o = duffy(c, &["admin", "update-tenant", "--api-key", legacy, "alpha"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(!stdout(&o).to_lowercase().contains(&legacy.to_lowercase()));
+    let h = tdb.query_strings("SELECT api_key FROM tenants WHERE name='alpha'")[0]
+        .clone()
+        .unwrap();
+    assert!(duffy::apikey::verify(&legacy.to_lowercase(), &h));
+
+    // retire: the tenant's active sessions expire now; list hides it unless --all
+    tdb.exec("INSERT INTO sessions (tenant_id, expires_at) VALUES (1, now() + interval '5 hours')");
+    let o = duffy(c, &["admin", "retire-tenant", "alpha"]);
+    assert_eq!(stdout(&o).trim(), "OK: alpha: active=False");
+    let expired = tdb.query_strings("SELECT expires_at <= now() AT TIME ZONE 'utc' FROM sessions");
+    assert_eq!(expired[0].as_deref(), Some("t"));
+    let o = duffy(c, &["admin", "list-tenants"]);
+    assert_eq!(stdout(&o), "OK: admin\n");
+    let o = duffy(c, &["admin", "list-tenants", "--all", "--quiet"]);
+    assert_eq!(stdout(&o), "admin\nalpha\n");
+    let o = duffy(c, &["admin", "update-tenant", "--node-quota", "5", "alpha"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("tenant alpha (id=1) is retired"),
+        "{}",
+        stderr(&o)
+    );
+    let o = duffy(c, &["admin", "unretire-tenant", "alpha"]);
+    assert_eq!(stdout(&o).trim(), "OK: alpha: active=True");
+    let o = duffy(c, &["admin", "retire-tenant", "--unretire", "alpha"]);
+    assert_eq!(stdout(&o).trim(), "OK: alpha: active=True");
+
+    // every change left an audit row, and no audit row holds a key
+    let actions = tdb.query_strings("SELECT string_agg(action, ',' ORDER BY id) FROM duffy_audit_log WHERE entity='tenant' AND entity_id=1");
+    assert_eq!(
+        actions[0].as_deref(),
+        Some("create,update,update,update,retire,unretire")
+    );
+    let leaked = tdb.query_strings(&format!(
+        "SELECT count(*) FROM duffy_audit_log WHERE detail::text ILIKE '%{}%'",
+        &key[..8]
+    ));
+    assert_eq!(leaked[0].as_deref(), Some("0"));
+}
+
+#[test]
+fn machine_formats() {
+    let tdb = TestDb::migrated();
+    let cfg = TestConfig::new(&tdb.url, "");
+    let c = Some(cfg.path.as_path());
+    let o = duffy(
+        c,
+        &["admin", "--format", "json", "create-tenant", "fmt", SSH_KEY],
+    );
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).expect("json");
+    assert_eq!(v["action"], "post");
+    assert_eq!(v["tenant"]["name"], "fmt");
+    assert_eq!(v["tenant"]["ssh_key"], SSH_KEY);
+    assert_eq!(v["tenant"]["effective_session_lifetime"], 21600.0);
+    let key = v["tenant"]["api_key"].as_str().unwrap();
+    assert!(uuid::Uuid::parse_str(key).is_ok());
+    let keys: Vec<&String> = v["tenant"].as_object().unwrap().keys().collect();
+    assert_eq!(
+        keys,
+        [
+            "retired_at",
+            "active",
+            "created_at",
+            "name",
+            "is_admin",
+            "ssh_key",
+            "node_quota",
+            "session_lifetime",
+            "session_lifetime_max",
+            "id",
+            "effective_node_quota",
+            "effective_session_lifetime",
+            "effective_session_lifetime_max",
+            "api_key"
+        ]
+    );
+    let o = duffy(c, &["admin", "show-tenant", "fmt", "--format", "yaml"]);
+    let y: serde_yaml::Value = serde_yaml::from_str(&stdout(&o)).expect("yaml");
+    assert_eq!(y["tenant"]["ssh_key"].as_str(), Some("**********"));
+    let o = duffy(c, &["admin", "show-tenant", "fmt", "--format", "flat"]);
+    let out = stdout(&o);
+    assert!(
+        out.contains("name='fmt'") && out.contains("active=TRUE") && out.contains("retired_at= "),
+        "{out}"
+    );
+}
