@@ -160,7 +160,7 @@ pub async fn transition(
         .query(
             "WITH cand AS (
                SELECT id, state AS old_state FROM nodes
-               WHERE id = ANY($1) AND state = ANY($2) FOR UPDATE
+               WHERE id = ANY($1) AND state = ANY($2) ORDER BY id FOR UPDATE
              ), upd AS (
                UPDATE nodes n SET
                  state    = $3,

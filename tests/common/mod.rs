@@ -62,11 +62,16 @@ impl TestDb {
     pub fn migrated() -> TestDb {
         let t = TestDb::empty();
         let url = t.url.clone();
-        db::block_on(async move {
-            let d = Db::connect(&url, 1).await.unwrap();
-            let mut c = d.get().await.unwrap();
-            db::migrate::run(&mut c).await.unwrap();
-        });
+        // own thread: callers may be inside a tokio runtime already
+        std::thread::spawn(move || {
+            db::block_on(async move {
+                let d = Db::connect(&url, 1).await.unwrap();
+                let mut c = d.get().await.unwrap();
+                db::migrate::run(&mut c).await.unwrap();
+            })
+        })
+        .join()
+        .unwrap();
         t
     }
 
