@@ -4,11 +4,15 @@
 //! The library is the whole domain; binaries are thin (parse arguments, call in here, print).
 //! See ARCHITECTURE.md for the map and the invariants.
 
+pub mod alloc;
+pub mod api;
 pub mod apikey;
 pub mod cli;
 pub mod config;
+pub mod contextualize;
 pub mod db;
 pub mod duration;
+pub mod events;
 pub mod output;
 pub mod sshkeys;
 pub mod state;

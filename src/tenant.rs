@@ -397,3 +397,15 @@ pub async fn set_retired(
     tx.commit().await?;
     Ok(Tenant::new(row, defaults))
 }
+
+/// One tenant by id.
+pub async fn get_by_id(
+    db: &Db,
+    defaults: &Defaults,
+    id: i32,
+) -> Result<Option<Tenant>, TenantError> {
+    let conn = db.get().await?;
+    Ok(q::by_id(&**conn, id)
+        .await?
+        .map(|r| Tenant::new(r, defaults)))
+}

@@ -7,6 +7,7 @@
 mod admin;
 mod configcmd;
 mod migrate;
+mod serve;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -77,6 +78,8 @@ pub enum Command {
     Migrate(migrate::MigrateArgs),
     /// Administrate tenants directly in the database
     Admin(admin::AdminArgs),
+    /// Serve the REST API (and the legacy cico API when `metaclient` is configured)
+    Serve(serve::ServeArgs),
 }
 
 fn init_logging(level: &str) {
@@ -92,6 +95,7 @@ fn init_logging(level: &str) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .try_init();
 }
@@ -112,13 +116,27 @@ pub async fn connect(cfg: &Config, pool_size: usize) -> Result<Db, CliError> {
 }
 
 fn run(cli: Cli) -> CliResult {
-    let default_level = "warning";
-    init_logging(cli.loglevel.as_deref().unwrap_or(default_level));
-    let cfg = load_config(&cli.config)?;
+    // Logging needs the config (app.loglevel) and the config's messages need logging:
+    // load first, report problems after logging is set up.
+    let loaded = config::load(&cli.config);
+    let level = match (&cli.loglevel, &cli.command, &loaded) {
+        (Some(l), _, _) => l.clone(),
+        (None, Command::Serve(_), Ok(cfg)) => cfg.app.loglevel.name().to_string(),
+        _ => "warning".to_string(),
+    };
+    init_logging(&level);
+    let cfg = loaded?;
+    if cfg.has_tasks {
+        tracing::info!("config: section `tasks` (celery) accepted and not used: duffy's scheduler replaces the celery worker");
+    }
+    for p in cfg.concrete_pools().filter(|p| p.fill_level.is_none()) {
+        tracing::warn!(pool = %p.name, "concrete pool has no fill-level: it is never filled and not listed");
+    }
     match cli.command {
         Command::Config(c) => configcmd::run(c, &cfg),
         Command::Migrate(a) => db::block_on(migrate::run(a, &cfg)),
         Command::Admin(a) => db::block_on(admin::run(a, &cfg)),
+        Command::Serve(a) => serve::run(a, cfg, &level),
     }
 }
 

@@ -9,6 +9,7 @@
 pub mod audit;
 pub mod migrate;
 pub mod nodes;
+pub mod sessions;
 pub mod tenants;
 pub mod url;
 

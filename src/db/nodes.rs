@@ -168,7 +168,16 @@ pub async fn transition(
                  hostname = CASE WHEN $6 THEN $7 ELSE n.hostname END,
                  ipaddr   = CASE WHEN $8 THEN $9 ELSE n.ipaddr END,
                  comment  = CASE WHEN $10 THEN $11 ELSE n.comment END,
-                 data     = CASE WHEN $12 THEN ((n.data::jsonb - $13::text[]) || $14::jsonb)::json ELSE n.data END,
+                 data     = CASE WHEN $12 THEN COALESCE((
+                              SELECT json_object_agg(k, v ORDER BY src, ord) FROM (
+                                SELECT 0 AS src, e.ord, e.key AS k, e.value AS v
+                                  FROM json_each(n.data) WITH ORDINALITY AS e(key, value, ord)
+                                 WHERE e.key <> ALL($13::text[])
+                                   AND e.key NOT IN (SELECT json_object_keys($14::json))
+                                UNION ALL
+                                SELECT 1, m.ord, m.key, m.value
+                                  FROM json_each($14::json) WITH ORDINALITY AS m(key, value, ord)
+                              ) kv), '{}'::json) ELSE n.data END,
                  retired_at = CASE WHEN $15 THEN (now() AT TIME ZONE 'utc') ELSE n.retired_at END
                FROM cand WHERE n.id = cand.id
                RETURNING n.id, cand.old_state, n.pool
@@ -271,4 +280,29 @@ pub async fn history(c: &impl GenericClient, node_id: i32) -> Result<Vec<History
             session_id: r.get(4),
         })
         .collect())
+}
+
+/// All non-retired nodes, in id order.
+pub async fn list_active(c: &impl GenericClient) -> Result<Vec<Node>, DbError> {
+    let rows = c
+        .query(
+            &format!("SELECT {COLUMNS} FROM nodes WHERE retired_at IS NULL ORDER BY id"),
+            &[],
+        )
+        .await?;
+    Ok(rows.iter().map(Node::from).collect())
+}
+
+/// Per-state counts of a pool's non-retired nodes.
+pub async fn pool_levels(
+    c: &impl GenericClient,
+    pool: &str,
+) -> Result<Vec<(NodeState, i64)>, DbError> {
+    let rows = c
+        .query(
+            "SELECT state, count(*) FROM nodes WHERE retired_at IS NULL AND pool = $1 GROUP BY state",
+            &[&pool],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
 }

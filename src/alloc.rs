@@ -1,0 +1,602 @@
+//! Sessions: allocation of ready nodes to tenants, contextualization, extension and retirement
+//! (compat spec §4.7). Shared by the REST API, the legacy API and the `duffy_session` module.
+//!
+//! Allocation is one transaction: the target tenant's row is locked (so a tenant's concurrent
+//! requests are serialised and the quota — counting only *active* sessions — cannot be
+//! overshot), then per spec `SELECT … FOR UPDATE SKIP LOCKED LIMIT n` picks ready nodes (two
+//! requests never wait on or take the same node), all-or-nothing across specs. Nodes go
+//! `ready → contextualizing`; after the tenant's keys are installed (concurrently, with a time
+//! limit) they go `deployed`. A failed contextualization marks the failing nodes `failed`, takes
+//! the keys off the others, returns them to `ready` and deletes the session: nothing leaks.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use chrono::NaiveDateTime;
+use serde_json::{json, Map, Value};
+use thiserror::Error;
+
+use crate::config::{Config, Contextualize};
+use crate::db::nodes::{self, Node, NodeChanges, TransitionRequest};
+use crate::db::sessions::{self as q, SessionRow};
+use crate::db::{audit, tenants, Db, DbError};
+use crate::events::{self, Event};
+use crate::state::{Actor, NodeState};
+use crate::tenant::Tenant;
+use crate::{contextualize, timefmt};
+
+#[derive(Debug, Error)]
+pub enum SessionError {
+    #[error("Not Found")]
+    NotFound,
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("quota exceeded: requested nodes ({requested}) + current allocation ({current}) = {} > {quota}", requested + current)]
+    Quota {
+        requested: i64,
+        current: i64,
+        quota: i64,
+    },
+    #[error("{0}")]
+    Unprocessable(String),
+    #[error("contextualization of nodes failed")]
+    Contextualization,
+    #[error("decontextualizing nodes failed after contextualization failure")]
+    Decontextualization,
+    #[error(transparent)]
+    Db(#[from] DbError),
+}
+
+impl From<tokio_postgres::Error> for SessionError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        SessionError::Db(e.into())
+    }
+}
+
+/// One `{pool, quantity}` of a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodesSpec {
+    pub pool: String,
+    pub quantity: i64,
+}
+
+/// A session with its tenant and nodes, ready to be shown.
+#[derive(Debug, Clone)]
+pub struct SessionView {
+    pub row: SessionRow,
+    pub tenant: Tenant,
+    pub nodes: Vec<Node>,
+}
+
+fn opt_time(t: &Option<NaiveDateTime>) -> Value {
+    json!(t.as_ref().map(timefmt::iso_z))
+}
+
+/// The API's `NodeModel` (without `state` for session nodes it is added by the caller).
+pub fn node_json(n: &Node, state: Option<NodeState>) -> Map<String, Value> {
+    let mut m = Map::new();
+    m.insert("hostname".into(), json!(n.hostname));
+    m.insert("ipaddr".into(), json!(n.ipaddr));
+    m.insert("comment".into(), json!(n.comment));
+    m.insert("pool".into(), json!(n.pool));
+    m.insert("reusable".into(), json!(n.reusable));
+    m.insert("data".into(), n.data.clone());
+    m.insert("id".into(), json!(n.id));
+    m.insert("state".into(), json!(state));
+    m
+}
+
+impl SessionView {
+    /// The API's `SessionModel`, fields in upstream's order.
+    pub fn to_json(&self) -> Value {
+        let r = &self.row;
+        let active = r.retired_at.is_none();
+        let mut m = Map::new();
+        m.insert("retired_at".into(), opt_time(&r.retired_at));
+        m.insert("active".into(), json!(active));
+        m.insert("created_at".into(), json!(timefmt::iso_z(&r.created_at)));
+        m.insert("id".into(), json!(r.id));
+        m.insert("expires_at".into(), opt_time(&r.expires_at));
+        m.insert("tenant".into(), self.tenant.to_json(false, None));
+        m.insert("data".into(), r.data.clone());
+        m.insert(
+            "nodes".into(),
+            Value::Array(
+                self.nodes
+                    .iter()
+                    .map(|n| Value::Object(node_json(n, active.then_some(n.state))))
+                    .collect(),
+            ),
+        );
+        Value::Object(m)
+    }
+}
+
+/// Attach tenants and nodes to session rows (three queries whatever the number of sessions).
+async fn views(
+    c: &impl crate::db::GenericClient,
+    cfg: &Config,
+    rows: Vec<SessionRow>,
+) -> Result<Vec<SessionView>, DbError> {
+    let ids: Vec<i32> = rows.iter().map(|r| r.id).collect();
+    let mut links = q::nodes_of(c, &ids).await?;
+    let tenant_ids: BTreeSet<i32> = rows.iter().map(|r| r.tenant_id).collect();
+    let mut ts = Vec::new();
+    for id in tenant_ids {
+        if let Some(t) = tenants::by_id(c, id).await? {
+            ts.push(Tenant::new(t, &cfg.defaults));
+        }
+    }
+    let mut out = Vec::with_capacity(rows.len());
+    for row in rows {
+        let nodes: Vec<Node> = links
+            .iter()
+            .filter(|(sid, _)| *sid == row.id)
+            .map(|(_, n)| n.clone())
+            .collect();
+        links.retain(|(sid, _)| *sid != row.id);
+        let Some(tenant) = ts.iter().find(|t| t.row.id == row.tenant_id).cloned() else {
+            continue;
+        };
+        out.push(SessionView { row, tenant, nodes });
+    }
+    Ok(out)
+}
+
+/// Active sessions: all of them for admins and anonymous callers, else the caller's own.
+pub async fn list(
+    db: &Db,
+    cfg: &Config,
+    caller: Option<&Tenant>,
+) -> Result<Vec<SessionView>, SessionError> {
+    let c = db.get().await?;
+    let filter = caller.filter(|t| !t.row.is_admin).map(|t| t.row.id);
+    let rows = q::list_active(&**c, filter).await?;
+    Ok(views(&**c, cfg, rows).await?)
+}
+
+/// One session (retired ones too); only its owner or an admin may see it.
+pub async fn get(
+    db: &Db,
+    cfg: &Config,
+    caller: &Tenant,
+    id: i32,
+) -> Result<SessionView, SessionError> {
+    let c = db.get().await?;
+    let row = q::get(&**c, id).await?.ok_or(SessionError::NotFound)?;
+    if !caller.row.is_admin && row.tenant_id != caller.row.id {
+        return Err(SessionError::Forbidden("Forbidden".into()));
+    }
+    views(&**c, cfg, vec![row])
+        .await?
+        .pop()
+        .ok_or(SessionError::NotFound)
+}
+
+/// Create a session for `caller` (or, for admins, for `tenant_id`) with nodes per `specs`.
+pub async fn create(
+    db: &Db,
+    cfg: &Config,
+    caller: &Tenant,
+    tenant_id: Option<i32>,
+    specs: &[NodesSpec],
+) -> Result<SessionView, SessionError> {
+    if !caller.row.is_admin && tenant_id.is_some_and(|id| id != caller.row.id) {
+        return Err(SessionError::Forbidden(
+            "can't create session for other tenant".into(),
+        ));
+    }
+    let target_id = tenant_id.unwrap_or(caller.row.id);
+    let requested: i64 = specs
+        .iter()
+        .map(|s| s.quantity)
+        .fold(0i64, |a, b| a.saturating_add(b));
+
+    // Transaction A: quota, session row, node reservation.
+    let mut conn = db.get().await?;
+    let tx = conn.transaction().await?;
+    let target = match tenants::by_id(&*tx, target_id).await? {
+        Some(t) => t,
+        None => {
+            return Err(SessionError::Unprocessable(format!(
+                "can't find tenant with id {target_id}"
+            )))
+        }
+    };
+    // lock the tenant row: one allocation per tenant at a time
+    tx.execute(
+        "SELECT 1 FROM tenants WHERE id = $1 FOR UPDATE",
+        &[&target_id],
+    )
+    .await?;
+    let target = Tenant::new(target, &cfg.defaults);
+    if !target.active() {
+        return Err(SessionError::Unprocessable(format!(
+            "tenant '{}' isn't active",
+            target.row.name
+        )));
+    }
+    if !target.row.is_admin {
+        let current = q::active_allocation(&*tx, target_id).await?;
+        let quota = target
+            .effective_node_quota
+            .map(i64::from)
+            .unwrap_or(i64::MAX);
+        if requested.saturating_add(current) > quota {
+            return Err(SessionError::Quota {
+                requested,
+                current,
+                quota,
+            });
+        }
+    }
+    let lifetime = target
+        .effective_session_lifetime
+        .unwrap_or(Duration::from_secs(6 * 3600))
+        .as_secs_f64();
+    let data = json!({"nodes_specs": specs.iter().map(|s| json!({"quantity": s.quantity, "pool": s.pool})).collect::<Vec<_>>()});
+    let session = q::insert(&*tx, target_id, lifetime, &data).await?;
+    let mut to_contextualize: Vec<i32> = Vec::new();
+    let mut direct: Vec<i32> = Vec::new();
+    let mut pools: Vec<String> = Vec::new();
+    for spec in specs {
+        if !pools.contains(&spec.pool) {
+            pools.push(spec.pool.clone());
+        }
+        let ids = q::reserve_ready(&*tx, &spec.pool, spec.quantity).await?;
+        if (ids.len() as i64) < spec.quantity {
+            return Err(SessionError::Unprocessable(format!(
+                "can't reserve nodes: quantity={} pool='{}'",
+                spec.quantity, spec.pool
+            )));
+        }
+        nodes::transition_exact(
+            &*tx,
+            &TransitionRequest {
+                node_ids: &ids,
+                from: &[NodeState::Ready],
+                to: NodeState::Contextualizing,
+                actor: Actor::Api,
+                reason: Some("allocated to a session"),
+                session_id: Some(session.id),
+                changes: NodeChanges {
+                    data_merge: Some(
+                        json!({"nodes_spec": {"quantity": spec.quantity, "pool": spec.pool}}),
+                    ),
+                    ..Default::default()
+                },
+            },
+        )
+        .await?;
+        q::link_nodes(&*tx, session.id, &spec.pool, &ids).await?;
+        let ctx = cfg
+            .pool(&spec.pool)
+            .map(|p| p.contextualize)
+            .unwrap_or(Contextualize::Ssh);
+        if ctx == Contextualize::Ssh {
+            to_contextualize.extend(&ids);
+        } else {
+            direct.extend(&ids);
+        }
+    }
+    audit::record(
+        &*tx,
+        audit::Entity::Session,
+        Some(session.id),
+        "create",
+        &caller.row.name,
+        data.clone(),
+    )
+    .await?;
+    if to_contextualize.is_empty() {
+        deploy(
+            &*tx,
+            &direct,
+            session.id,
+            "no contextualization for this pool",
+        )
+        .await?;
+        events::notify(
+            &*tx,
+            &cfg.events.channel,
+            &Event::SessionCreated {
+                session_id: session.id,
+                pools,
+            },
+        )
+        .await?;
+        tx.commit().await?;
+        return get_view(db, cfg, session.id).await;
+    }
+    tx.commit().await?;
+    drop(conn);
+
+    // Contextualization, outside any transaction; nodes are `contextualizing` meanwhile.
+    let c = db.get().await?;
+    let nodes_now: Vec<Node> = q::nodes_of(&**c, &[session.id])
+        .await?
+        .into_iter()
+        .map(|(_, n)| n)
+        .filter(|n| to_contextualize.contains(&n.id))
+        .collect();
+    drop(c);
+    let ips: Vec<String> = nodes_now
+        .iter()
+        .map(|n| n.ipaddr.clone().unwrap_or_default())
+        .collect();
+    let failures = contextualize::install(&cfg.contextualize, &ips, &target.row.ssh_key).await;
+
+    let mut conn = db.get().await?;
+    let tx = conn.transaction().await?;
+    if failures.is_empty() {
+        deploy(&*tx, &to_contextualize, session.id, "tenant keys installed").await?;
+        if !direct.is_empty() {
+            deploy(
+                &*tx,
+                &direct,
+                session.id,
+                "no contextualization for this pool",
+            )
+            .await?;
+        }
+        events::notify(
+            &*tx,
+            &cfg.events.channel,
+            &Event::SessionCreated {
+                session_id: session.id,
+                pools,
+            },
+        )
+        .await?;
+        tx.commit().await?;
+        return get_view(db, cfg, session.id).await;
+    }
+    // Roll back: failed nodes → failed; keys off the others → ready (or failed if that fails).
+    let failed_ids: Vec<(i32, String)> = nodes_now
+        .iter()
+        .filter_map(|n| {
+            let ip = n.ipaddr.clone().unwrap_or_default();
+            failures
+                .iter()
+                .find(|f| f.ipaddr == ip)
+                .map(|f| (n.id, f.reason.clone()))
+        })
+        .collect();
+    let ok_nodes: Vec<&Node> = nodes_now
+        .iter()
+        .filter(|n| !failed_ids.iter().any(|(id, _)| *id == n.id))
+        .collect();
+    let ok_ips: Vec<String> = ok_nodes
+        .iter()
+        .map(|n| n.ipaddr.clone().unwrap_or_default())
+        .collect();
+    let undo_failures = contextualize::remove(&cfg.contextualize, &ok_ips).await;
+    for (id, reason) in &failed_ids {
+        fail_node(&*tx, *id, session.id, "contextualizing node failed", reason).await?;
+    }
+    let mut back_to_ready = Vec::new();
+    for n in &ok_nodes {
+        let ip = n.ipaddr.clone().unwrap_or_default();
+        match undo_failures.iter().find(|f| f.ipaddr == ip) {
+            Some(f) => {
+                fail_node(
+                    &*tx,
+                    n.id,
+                    session.id,
+                    "decontextualizing node failed",
+                    &f.reason,
+                )
+                .await?
+            }
+            None => back_to_ready.push(n.id),
+        }
+    }
+    let all_ids: Vec<i32> = nodes_now
+        .iter()
+        .map(|n| n.id)
+        .chain(direct.iter().copied())
+        .collect();
+    if !back_to_ready.is_empty() || !direct.is_empty() {
+        let ready_ids: Vec<i32> = back_to_ready.iter().chain(direct.iter()).copied().collect();
+        nodes::transition(
+            &*tx,
+            &TransitionRequest {
+                node_ids: &ready_ids,
+                from: &[NodeState::Contextualizing],
+                to: NodeState::Ready,
+                actor: Actor::Api,
+                reason: Some("allocation rolled back"),
+                session_id: Some(session.id),
+                changes: NodeChanges {
+                    data_remove: vec!["nodes_spec".into()],
+                    ..Default::default()
+                },
+            },
+        )
+        .await?;
+    }
+    q::delete(&*tx, session.id).await?;
+    audit::record(
+        &*tx,
+        audit::Entity::Session,
+        Some(session.id),
+        "rollback",
+        &caller.row.name,
+        json!({"reason": "contextualization failed", "failed_nodes": failed_ids.iter().map(|(id, _)| id).collect::<Vec<_>>(), "nodes": all_ids}),
+    )
+    .await?;
+    events::notify(&*tx, &cfg.events.channel, &Event::SessionFailed { pools }).await?;
+    tx.commit().await?;
+    if undo_failures.is_empty() {
+        Err(SessionError::Contextualization)
+    } else {
+        Err(SessionError::Decontextualization)
+    }
+}
+
+async fn deploy(
+    c: &impl crate::db::GenericClient,
+    ids: &[i32],
+    session_id: i32,
+    why: &str,
+) -> Result<(), DbError> {
+    nodes::transition_exact(
+        c,
+        &TransitionRequest {
+            node_ids: ids,
+            from: &[NodeState::Contextualizing],
+            to: NodeState::Deployed,
+            actor: Actor::Api,
+            reason: Some(why),
+            session_id: Some(session_id),
+            changes: NodeChanges::default(),
+        },
+    )
+    .await?;
+    Ok(())
+}
+
+async fn fail_node(
+    c: &impl crate::db::GenericClient,
+    id: i32,
+    session_id: i32,
+    what: &str,
+    reason: &str,
+) -> Result<(), DbError> {
+    let now = q::now_utc(c).await?;
+    nodes::transition(
+        c,
+        &TransitionRequest {
+            node_ids: &[id],
+            from: &[NodeState::Contextualizing, NodeState::Deployed],
+            to: NodeState::Failed,
+            actor: Actor::Api,
+            reason: Some(&format!("{what}: {reason}")),
+            session_id: Some(session_id),
+            changes: NodeChanges {
+                data_merge: Some(json!({"error": {"failed_at": now.format("%Y-%m-%dT%H:%M:%S%.6f").to_string(), "detail": what}})),
+                data_remove: vec!["nodes_spec".into()],
+                ..Default::default()
+            },
+        },
+    )
+    .await?;
+    Ok(())
+}
+
+async fn get_view(db: &Db, cfg: &Config, id: i32) -> Result<SessionView, SessionError> {
+    let c = db.get().await?;
+    let row = q::get(&**c, id).await?.ok_or(SessionError::NotFound)?;
+    views(&**c, cfg, vec![row])
+        .await?
+        .pop()
+        .ok_or(SessionError::NotFound)
+}
+
+/// A new expiry requested by `PUT /sessions/{id}`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Expiry {
+    /// relative to the current `expires_at` (milliseconds, may be negative)
+    Relative(i64),
+    /// absolute, naive UTC (upstream drops any offset)
+    Absolute(NaiveDateTime),
+}
+
+/// Update a session: extend/shorten (`expires_at`) and/or retire (`active: false`).
+pub async fn update(
+    db: &Db,
+    cfg: &Config,
+    caller: &Tenant,
+    id: i32,
+    active: Option<bool>,
+    expires: Option<Expiry>,
+) -> Result<SessionView, SessionError> {
+    let mut conn = db.get().await?;
+    let tx = conn.transaction().await?;
+    let row = q::get_for_update(&*tx, id)
+        .await?
+        .ok_or(SessionError::NotFound)?;
+    if !caller.row.is_admin && row.tenant_id != caller.row.id {
+        return Err(SessionError::Forbidden("Forbidden".into()));
+    }
+    if row.retired_at.is_some() {
+        return Err(SessionError::Unprocessable(format!(
+            "session {id} is retired"
+        )));
+    }
+    if let Some(exp) = expires {
+        let base = row.expires_at.unwrap_or(row.created_at);
+        let mut new = match exp {
+            Expiry::Relative(ms) => base + chrono::Duration::milliseconds(ms),
+            Expiry::Absolute(t) => t,
+        };
+        new = new.max(row.created_at);
+        if !caller.row.is_admin {
+            if let Some(max) = caller.effective_session_lifetime_max {
+                let limit = row.created_at
+                    + chrono::Duration::from_std(max).unwrap_or(chrono::Duration::MAX);
+                new = new.min(limit);
+            }
+        }
+        q::set_expires(&*tx, id, new).await?;
+        audit::record(
+            &*tx,
+            audit::Entity::Session,
+            Some(id),
+            "extend",
+            &caller.row.name,
+            json!({"expires_at": timefmt::iso_z(&new)}),
+        )
+        .await?;
+    }
+    if active == Some(false) {
+        retire_locked(&*tx, cfg, id, &caller.row.name).await?;
+    }
+    tx.commit().await?;
+    drop(conn);
+    get_view(db, cfg, id).await
+}
+
+/// Retire a session whose row the transaction holds: nodes go to `deprovisioning` (the
+/// scheduler tears them down), and the scheduler is notified.
+pub async fn retire_locked(
+    c: &impl crate::db::GenericClient,
+    cfg: &Config,
+    id: i32,
+    actor: &str,
+) -> Result<Vec<i32>, SessionError> {
+    q::retire(c, id).await?;
+    let ids = q::node_ids(c, id).await?;
+    nodes::transition(
+        c,
+        &TransitionRequest {
+            node_ids: &ids,
+            from: &[NodeState::Deployed],
+            to: NodeState::Deprovisioning,
+            actor: Actor::Api,
+            reason: Some("session retired"),
+            session_id: Some(id),
+            changes: NodeChanges::default(),
+        },
+    )
+    .await?;
+    audit::record(
+        c,
+        audit::Entity::Session,
+        Some(id),
+        "retire",
+        actor,
+        json!({"nodes": ids}),
+    )
+    .await?;
+    events::notify(
+        c,
+        &cfg.events.channel,
+        &Event::SessionRetired {
+            session_id: id,
+            node_ids: ids.clone(),
+        },
+    )
+    .await?;
+    Ok(ids)
+}

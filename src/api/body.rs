@@ -1,0 +1,128 @@
+//! Request-body validation producing FastAPI-style 422 items (`loc`, `msg`, `type`, `input`).
+//! Unknown keys are ignored and explicit `null` means "not set", as upstream does.
+
+use serde_json::{json, Map, Value};
+
+use super::http::{validation_item, ApiError};
+
+/// Collects validation errors for one body.
+pub struct Body<'a> {
+    pub obj: &'a Map<String, Value>,
+    pub errors: Vec<Value>,
+}
+
+impl<'a> Body<'a> {
+    /// The body must be a JSON object.
+    pub fn new(v: &'a Value) -> Result<Body<'a>, ApiError> {
+        match v {
+            Value::Object(obj) => Ok(Body {
+                obj,
+                errors: vec![],
+            }),
+            other => Err(ApiError::Validation(vec![validation_item(
+                "model_attributes_type",
+                json!(["body"]),
+                "Input should be a valid dictionary or object to extract fields from",
+                other.clone(),
+            )])),
+        }
+    }
+
+    fn loc(path: &[Value]) -> Value {
+        let mut l = vec![json!("body")];
+        l.extend(path.iter().cloned());
+        Value::Array(l)
+    }
+
+    pub fn err(&mut self, kind: &str, path: &[Value], msg: &str, input: Value) {
+        self.errors
+            .push(validation_item(kind, Self::loc(path), msg, input));
+    }
+
+    pub fn has(&self, key: &str) -> bool {
+        self.obj.contains_key(key)
+    }
+
+    /// A value that is present and not null.
+    pub fn get(&self, key: &str) -> Option<&'a Value> {
+        self.obj.get(key).filter(|v| !v.is_null())
+    }
+
+    pub fn missing(&mut self, key: &str) {
+        let input = Value::Object(self.obj.clone());
+        self.err("missing", &[json!(key)], "Field required", input);
+    }
+
+    pub fn string(&mut self, key: &str, required: bool) -> Option<String> {
+        match self.get(key) {
+            None => {
+                if required {
+                    self.missing(key);
+                }
+                None
+            }
+            Some(Value::String(s)) => Some(s.clone()),
+            Some(other) => {
+                self.err(
+                    "string_type",
+                    &[json!(key)],
+                    "Input should be a valid string",
+                    other.clone(),
+                );
+                None
+            }
+        }
+    }
+
+    pub fn boolean(&mut self, key: &str) -> Option<bool> {
+        match self.get(key) {
+            None => None,
+            Some(Value::Bool(b)) => Some(*b),
+            Some(other) => {
+                self.err(
+                    "bool_type",
+                    &[json!(key)],
+                    "Input should be a valid boolean",
+                    other.clone(),
+                );
+                None
+            }
+        }
+    }
+
+    pub fn int(&mut self, key: &str) -> Option<i64> {
+        match self.get(key) {
+            None => None,
+            Some(v) => int_value(v).or_else(|| {
+                self.err(
+                    "int_type",
+                    &[json!(key)],
+                    "Input should be a valid integer",
+                    v.clone(),
+                );
+                None
+            }),
+        }
+    }
+
+    /// Finish: Err(422) if anything was wrong.
+    pub fn finish(self) -> Result<(), ApiError> {
+        if self.errors.is_empty() {
+            Ok(())
+        } else {
+            Err(ApiError::Validation(self.errors))
+        }
+    }
+}
+
+/// An integer from JSON (whole floats accepted, like Pydantic's lax mode).
+pub fn int_value(v: &Value) -> Option<i64> {
+    match v {
+        Value::Number(n) => n.as_i64().or_else(|| {
+            n.as_f64()
+                .filter(|f| f.fract() == 0.0 && f.abs() < 9.0e18)
+                .map(|f| f as i64)
+        }),
+        _ => None,
+    }
+}

@@ -1,0 +1,130 @@
+//! Small HTTP helpers shared by the v1 and legacy APIs: JSON responses in upstream's shapes,
+//! the error type with its status mapping, request body reading with a size limit.
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, CONTENT_TYPE};
+use hyper::{Request, Response, StatusCode};
+use serde_json::{json, Value};
+
+pub type Resp = Response<Full<Bytes>>;
+
+/// Largest accepted request body.
+pub const MAX_BODY: usize = 1 << 20;
+
+/// A JSON response.
+pub fn json_response(status: StatusCode, body: &Value) -> Resp {
+    let mut r = Response::new(Full::new(Bytes::from(
+        serde_json::to_vec(body).expect("json"),
+    )));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
+/// One FastAPI-style validation error item.
+pub fn validation_item(kind: &str, loc: Value, msg: &str, input: Value) -> Value {
+    json!({"type": kind, "loc": loc, "msg": msg, "input": input})
+}
+
+/// Errors an endpoint returns; each maps to upstream's status and body.
+#[derive(Debug)]
+pub enum ApiError {
+    /// `{"detail": "..."}` with this status
+    Detail(StatusCode, String),
+    /// 401 with `WWW-Authenticate: Basic realm="duffy"`
+    Unauthenticated(&'static str),
+    /// 422 with a list of validation items
+    Validation(Vec<Value>),
+    /// 503 with `Retry-After: 0`
+    Unavailable(String),
+    /// 500; the cause is logged, not shown
+    Internal(String),
+}
+
+impl ApiError {
+    pub fn not_found() -> Self {
+        ApiError::Detail(StatusCode::NOT_FOUND, "Not Found".into())
+    }
+    pub fn forbidden() -> Self {
+        ApiError::Detail(StatusCode::FORBIDDEN, "Forbidden".into())
+    }
+    pub fn unprocessable(msg: impl Into<String>) -> Self {
+        ApiError::Detail(StatusCode::UNPROCESSABLE_ENTITY, msg.into())
+    }
+    pub fn into_response(self) -> Resp {
+        match self {
+            ApiError::Detail(s, d) => json_response(s, &json!({"detail": d})),
+            ApiError::Unauthenticated(d) => {
+                let mut r = json_response(StatusCode::UNAUTHORIZED, &json!({"detail": d}));
+                r.headers_mut().insert(
+                    hyper::header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Basic realm=\"duffy\""),
+                );
+                r
+            }
+            ApiError::Validation(items) => {
+                json_response(StatusCode::UNPROCESSABLE_ENTITY, &json!({"detail": items}))
+            }
+            ApiError::Unavailable(d) => {
+                let mut r = json_response(StatusCode::SERVICE_UNAVAILABLE, &json!({"detail": d}));
+                r.headers_mut()
+                    .insert("retry-after", HeaderValue::from_static("0"));
+                r
+            }
+            ApiError::Internal(cause) => {
+                tracing::error!("internal error: {cause}");
+                let mut r = Response::new(Full::new(Bytes::from_static(b"Internal Server Error")));
+                *r.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+                r.headers_mut().insert(
+                    CONTENT_TYPE,
+                    HeaderValue::from_static("text/plain; charset=utf-8"),
+                );
+                r
+            }
+        }
+    }
+}
+
+impl From<crate::db::DbError> for ApiError {
+    fn from(e: crate::db::DbError) -> Self {
+        ApiError::Internal(e.to_string())
+    }
+}
+
+/// Read the body as JSON. Malformed JSON → 422 `json_invalid` like FastAPI.
+pub async fn read_json(req: Request<Incoming>) -> Result<Value, ApiError> {
+    let body = Limited::new(req.into_body(), MAX_BODY)
+        .collect()
+        .await
+        .map_err(|_| {
+            ApiError::Detail(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "Request body too large".into(),
+            )
+        })?
+        .to_bytes();
+    serde_json::from_slice(&body).map_err(|e| {
+        ApiError::Validation(vec![json!({
+            "type": "json_invalid",
+            "loc": ["body", e.column()],
+            "msg": "JSON decode error",
+            "input": {},
+            "ctx": {"error": e.to_string()},
+        })])
+    })
+}
+
+/// Parse an integer path parameter; failure → 422 `int_parsing` at `["path", name]`.
+pub fn path_int(s: &str, name: &str) -> Result<i32, ApiError> {
+    s.parse::<i32>().map_err(|_| {
+        ApiError::Validation(vec![validation_item(
+            "int_parsing",
+            json!(["path", name]),
+            "Input should be a valid integer, unable to parse string as an integer",
+            json!(s),
+        )])
+    })
+}

@@ -1,0 +1,153 @@
+//! The HTTP server (`duffy serve`): a minimal hyper 1.x service with upstream's REST API v1
+//! (`/api/v1/…`), its OpenAPI document, and the legacy cico API on a second listener.
+//!
+//! This module knows HTTP; the domain lives in `alloc` and `tenant`, SQL in `db`. No state that
+//! two server processes could disagree on is kept here (the auth cache only remembers verified
+//! keys, keyed by their stored hash).
+
+mod auth;
+mod body;
+pub mod http;
+pub mod openapi;
+mod v1;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, LOCATION};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{HeaderMap, Request, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+
+pub use auth::AuthCache;
+use http::{json_response, ApiError, Resp};
+
+use crate::config::Config;
+use crate::db::Db;
+use crate::tenant::Tenant;
+
+/// Everything a request handler needs.
+pub struct AppState {
+    pub cfg: Config,
+    pub db: Db,
+    pub auth: AuthCache,
+}
+
+impl AppState {
+    pub fn new(cfg: Config, db: Db) -> AppState {
+        AppState {
+            cfg,
+            db,
+            auth: AuthCache::default(),
+        }
+    }
+
+    /// Authenticate; anonymous allowed unless `required`.
+    pub async fn auth(&self, h: &HeaderMap, required: bool) -> Result<Option<Tenant>, ApiError> {
+        auth::authenticate(&self.db, &self.auth, &self.cfg.defaults, h, required).await
+    }
+
+    pub async fn auth_required(&self, h: &HeaderMap) -> Result<Tenant, ApiError> {
+        self.auth(h, true)
+            .await?
+            .ok_or(ApiError::Unauthenticated("Not authenticated"))
+    }
+}
+
+async fn dispatch(st: &AppState, req: Request<Incoming>) -> Result<Resp, ApiError> {
+    let path = req.uri().path().to_string();
+    if path.len() > 1 && path.ends_with('/') {
+        let mut target = path.trim_end_matches('/').to_string();
+        if target.is_empty() {
+            target.push('/');
+        }
+        if let Some(q) = req.uri().query() {
+            target.push('?');
+            target.push_str(q);
+        }
+        let mut r = json_response(StatusCode::TEMPORARY_REDIRECT, &serde_json::Value::Null);
+        *r.body_mut() = http_body_util::Full::new(bytes::Bytes::new());
+        r.headers_mut().remove(hyper::header::CONTENT_TYPE);
+        r.headers_mut().insert(
+            LOCATION,
+            HeaderValue::from_str(&target).unwrap_or(HeaderValue::from_static("/")),
+        );
+        return Ok(r);
+    }
+    let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    match segs.as_slice() {
+        ["openapi.json"] | ["api", "v1", "openapi.json"] => {
+            Ok(json_response(StatusCode::OK, &openapi::document()))
+        }
+        ["docs"] => Ok(openapi::docs_page()),
+        ["api", "v1", rest @ ..] => v1::route(st, req, rest).await,
+        _ => Err(ApiError::not_found()),
+    }
+}
+
+/// Handle one request: dispatch, map errors, add `X-Request-Id`, log.
+pub async fn handle(st: Arc<AppState>, req: Request<Incoming>) -> Resp {
+    let request_id = uuid::Uuid::new_v4().to_string();
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let mut resp = match dispatch(&st, req).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    };
+    tracing::info!("[{request_id}] {method} {path} {}", resp.status().as_u16());
+    if let Ok(v) = HeaderValue::from_str(&request_id) {
+        resp.headers_mut().insert("x-request-id", v);
+    }
+    resp
+}
+
+/// Serve HTTP/1.1 on `listener` with `handler` until the process ends.
+pub async fn serve_with<F, Fut>(listener: TcpListener, handler: F)
+where
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = Resp> + Send + 'static,
+{
+    loop {
+        let (stream, _) = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!("accept failed: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let h = handler.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| {
+                let h = h.clone();
+                async move { Ok::<_, std::convert::Infallible>(h(req).await) }
+            });
+            let _ = http1::Builder::new()
+                .keep_alive(true)
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}
+
+/// Serve the v1 API on `listener`.
+pub async fn serve_v1(listener: TcpListener, st: Arc<AppState>) {
+    serve_with(listener, move |req| handle(st.clone(), req)).await
+}
+
+/// Bind `host:port` with a clear error.
+pub async fn bind(host: &str, port: u16) -> std::io::Result<TcpListener> {
+    let addr: Vec<SocketAddr> = tokio::net::lookup_host((host, port)).await?.collect();
+    let mut last = None;
+    for a in addr {
+        match TcpListener::bind(a).await {
+            Ok(l) => return Ok(l),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| std::io::Error::other(format!("{host}: no address"))))
+}
