@@ -181,3 +181,104 @@ pub fn stderr(o: &Output) -> String {
 /// A real ed25519 public key for tests.
 pub const SSH_KEY: &str =
     "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFiBq493m1tooYiALmd9PJpwszntYIJ62bvnYyaDsrQA demo@ci";
+
+/// A free TCP port on 127.0.0.1 (bound then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A running `duffy serve` process (killed on drop).
+pub struct Server {
+    pub port: u16,
+    pub child: std::process::Child,
+}
+
+impl Server {
+    /// Start `duffy -c config serve -p <free port>` and wait until it accepts connections.
+    pub fn start(config: &Path) -> Server {
+        Self::start_with(config, &[])
+    }
+
+    pub fn start_with(config: &Path, extra: &[&str]) -> Server {
+        let port = free_port();
+        let p = port.to_string();
+        let mut args = vec!["serve", "-p", p.as_str()];
+        args.extend_from_slice(extra);
+        let child = duffy_cmd(Some(config), &args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start duffy serve");
+        let mut s = Server { port, child };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if let Ok(Some(status)) = s.child.try_wait() {
+                panic!("duffy serve exited early: {status}");
+            }
+            assert!(std::time::Instant::now() < deadline, "duffy serve did not start");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        s
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Create a tenant with the real CLI and return its API key.
+pub fn create_tenant(config: &Path, name: &str, extra: &[&str]) -> String {
+    let mut args = vec!["admin", "create-tenant"];
+    args.extend_from_slice(extra);
+    args.push(name);
+    args.push(SSH_KEY);
+    let o = duffy(Some(config), &args);
+    assert!(o.status.success(), "create-tenant {name}: {}", stderr(&o));
+    stdout(&o)
+        .trim()
+        .strip_prefix(&format!("OK: {name}: "))
+        .expect("OK: NAME: KEY")
+        .to_string()
+}
+
+/// Pool config for tests: concrete pools without SSH contextualization (address-only nodes).
+pub fn pools_yaml(pools: &[(&str, u32)]) -> String {
+    let mut s = String::from("nodepools:\n  concrete:\n");
+    for (name, fill) in pools {
+        s.push_str(&format!(
+            "    {name}:\n      fill-level: {fill}\n      contextualize: none\n      mechanism: {{type: ansible, ansible: {{provision: {{playbook: provision.yml}}}}}}\n"
+        ));
+    }
+    s
+}
+
+/// Insert `n` ready nodes into `pool` with distinct loopback addresses (127.<a>.<b>.<c>).
+pub fn add_ready_nodes(db: &TestDb, pool: &str, n: usize, net: u8) {
+    if n == 0 {
+        return;
+    }
+    let values: Vec<String> = (0..n)
+        .map(|i| {
+            format!(
+                "('{pool}-{i}.example.net', '127.{net}.{}.{}', 'ready', '{pool}', false)",
+                i / 250,
+                i % 250 + 1
+            )
+        })
+        .collect();
+    db.exec(&format!(
+        "INSERT INTO nodes (hostname, ipaddr, state, pool, reusable) VALUES {}",
+        values.join(", ")
+    ));
+}
