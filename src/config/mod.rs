@@ -56,6 +56,8 @@ pub struct RawConfig {
     provenance: BTreeMap<String, String>,
     /// every file read, in merge order
     pub files: Vec<PathBuf>,
+    /// every source name merged (files and [`RawConfig::merge_str`] names), in merge order
+    sources: Vec<String>,
 }
 
 impl RawConfig {
@@ -71,9 +73,10 @@ impl RawConfig {
                 None => break,
             }
         }
-        match self.files.as_slice() {
-            [one] => one.display().to_string(),
-            _ => "<merged config>".to_string(),
+        // Not set anywhere (e.g. a required key that is missing): name every source.
+        match self.sources.as_slice() {
+            [] => "(no configuration file)".to_string(),
+            all => all.join(", "),
         }
     }
 
@@ -85,27 +88,49 @@ impl RawConfig {
         }
     }
 
+    fn note_source(&mut self, file: &str) {
+        if !self.sources.iter().any(|s| s == file) {
+            self.sources.push(file.to_string());
+        }
+    }
+
     /// Merge one YAML document (from `file`) on top of what is there.
     pub fn merge_document(&mut self, doc: Value, file: &str) -> Result<(), ConfigError> {
-        match doc {
-            Value::Null => Ok(()),
-            Value::Mapping(m) => merge::deep_merge(&mut self.value, m, "", &mut |path| {
-                self.provenance.insert(path.to_string(), file.to_string());
-            })
-            .map_err(|(key, msg)| ConfigError::Invalid {
+        self.merge_nth_document(doc, file, 1)
+    }
+
+    fn merge_nth_document(&mut self, doc: Value, file: &str, n: usize) -> Result<(), ConfigError> {
+        self.note_source(file);
+        let m = match doc {
+            Value::Null => return Ok(()),
+            Value::Mapping(m) => m,
+            other => {
+                return Err(ConfigError::Invalid {
+                    file: file.to_string(),
+                    key: format!("<document {n}>"),
+                    msg: format!(
+                        "expected a mapping at the top level, got {}",
+                        merge::kind(&other)
+                    ),
+                })
+            }
+        };
+        let provenance = &mut self.provenance;
+        let merged = merge::deep_merge(&mut self.value, m, "", &mut |path| {
+            provenance.insert(path.to_string(), file.to_string());
+        });
+        merged.map_err(|(key, msg)| {
+            // The conflicting key itself was not re-marked: its provenance is the earlier file.
+            let earlier = self.provenance.get(&key).filter(|f| f.as_str() != file);
+            ConfigError::Invalid {
                 file: file.to_string(),
+                msg: match earlier {
+                    Some(f) => format!("{msg} (the earlier value comes from {f})"),
+                    None => msg,
+                },
                 key,
-                msg,
-            }),
-            other => Err(ConfigError::Invalid {
-                file: file.to_string(),
-                key: "<document>".into(),
-                msg: format!(
-                    "expected a mapping at the top level, got {}",
-                    merge::kind(&other)
-                ),
-            }),
-        }
+            }
+        })
     }
 
     /// Read and merge every file (a directory contributes its `*.yaml`/`*.yml` in name order).
@@ -125,12 +150,16 @@ impl RawConfig {
     /// Merge all YAML documents of `text` (named `file` in errors).
     pub fn merge_str(&mut self, text: &str, file: &str) -> Result<(), ConfigError> {
         use serde::Deserialize;
-        for doc in serde_yaml::Deserializer::from_str(text) {
-            let value = Value::deserialize(doc).map_err(|e| ConfigError::Yaml {
-                file: file.to_string(),
-                msg: e.to_string(),
-            })?;
-            self.merge_document(value, file)?;
+        self.note_source(file);
+        let yaml_err = |e: serde_yaml::Error| ConfigError::Yaml {
+            file: file.to_string(),
+            msg: e.to_string(),
+        };
+        for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
+            let mut value = Value::deserialize(doc).map_err(yaml_err)?;
+            // PyYAML (upstream) resolves `<<: *anchor` merge keys; serde_yaml needs asking.
+            value.apply_merge().map_err(yaml_err)?;
+            self.merge_nth_document(value, file, i + 1)?;
         }
         Ok(())
     }

@@ -8,7 +8,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer};
 use serde_yaml::{Mapping, Value};
 
-use super::{pools, ConfigError, RawConfig, ENV_DATABASE_URL};
+use super::{pools, secrets, ConfigError, RawConfig, ENV_DATABASE_URL};
 use crate::duration::parse_config_duration;
 
 /// Top-level keys accepted, in the order upstream documents them, then duffy's own.
@@ -21,7 +21,7 @@ pub const UPSTREAM_SECTIONS: [&str; 7] = [
     "metaclient",
     "nodepools",
 ];
-pub const DUFFY_SECTIONS: [&str; 4] = ["scheduler", "inventory", "ipmi", "events"];
+pub const DUFFY_SECTIONS: [&str; 5] = ["scheduler", "inventory", "ipmi", "events", "contextualize"];
 
 /// A duration in a config file: `6h`, `1h30m`, `90`, `21600` (compat spec §3.1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,11 +33,15 @@ impl<'de> Deserialize<'de> for ConfigDuration {
         let v = Value::deserialize(d)?;
         match &v {
             Value::Number(n) => {
-                let secs = n
-                    .as_f64()
-                    .filter(|s| *s >= 0.0 && s.is_finite())
-                    .ok_or_else(|| D::Error::custom(format!("expected a duration, got {n}")))?;
-                Ok(ConfigDuration(Duration::from_secs_f64(secs)))
+                // try_from: a huge number (`1e300`) must be an error, not a panic
+                n.as_f64()
+                    .and_then(|s| Duration::try_from_secs_f64(s).ok())
+                    .map(ConfigDuration)
+                    .ok_or_else(|| {
+                        D::Error::custom(format!(
+                            "expected a duration (a number of seconds >= 0), got {n}"
+                        ))
+                    })
             }
             Value::String(s) => parse_config_duration(s).map(ConfigDuration).map_err(|_| {
                 D::Error::custom(format!(
@@ -66,6 +70,18 @@ pub enum LogLevel {
 }
 
 impl LogLevel {
+    /// Upstream's name of the level.
+    pub fn name(self) -> &'static str {
+        match self {
+            LogLevel::Trace => "trace",
+            LogLevel::Debug => "debug",
+            LogLevel::Info => "info",
+            LogLevel::Warning => "warning",
+            LogLevel::Error => "error",
+            LogLevel::Critical => "critical",
+        }
+    }
+
     /// The `tracing` filter directive for this level.
     pub fn directive(self) -> &'static str {
         match self {
@@ -110,6 +126,40 @@ impl Retries {
     fn d_fuzz() -> f64 {
         0.3
     }
+}
+
+impl Retries {
+    /// Ranges of compat spec §7.2: attempts >= 1, delays >= 0, backoff factor >= 1.
+    fn check(&self, raw: &RawConfig, at: &str) -> Result<(), ConfigError> {
+        if self.no_attempts < 1 {
+            return Err(raw.invalid(
+                &format!("{at}.no-attempts"),
+                "expected an integer >= 1, got 0",
+            ));
+        }
+        for (k, v, min) in [
+            ("delay-min", self.delay_min, 0.0),
+            ("delay-max", self.delay_max, 0.0),
+            ("delay-backoff-factor", self.delay_backoff_factor, 1.0),
+            ("delay-add-fuzz", self.delay_add_fuzz, 0.0),
+        ] {
+            if !(v.is_finite() && v >= min) {
+                return Err(raw.invalid(
+                    &format!("{at}.{k}"),
+                    format!("expected a number >= {min}, got {v}"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A TCP port in the config: 1–65535 (0 is not a port to listen on).
+fn check_port(raw: &RawConfig, key: &str, port: u16) -> Result<(), ConfigError> {
+    if port == 0 {
+        return Err(raw.invalid(key, "expected a port number 1-65535, got 0"));
+    }
+    Ok(())
 }
 
 impl Default for Retries {
@@ -415,6 +465,7 @@ pub struct Config {
     pub inventory: InventoryConfig,
     pub ipmi: IpmiConfig,
     pub events: EventsConfig,
+    pub contextualize: ContextualizeConfig,
     /// `$DUFFY_DATABASE_URL` at load time
     pub database_url_override: Option<String>,
     pub raw: RawConfig,
@@ -436,7 +487,13 @@ fn section<T: DeserializeOwned>(raw: &RawConfig, key: &str) -> Result<Option<T>,
             } else {
                 format!("{key}.{inner}")
             };
-            Err(raw.invalid(&path, e.into_inner().to_string()))
+            let mut msg = e.into_inner().to_string();
+            // serde quotes the offending value (`invalid type: integer `1234``): not for secrets
+            let last = path.rsplit(['.', '[']).next().unwrap_or_default();
+            if secrets::is_secret_key(last) || path.starts_with("metaclient.usermap") {
+                msg = secrets::redact_quoted(&msg);
+            }
+            Err(raw.invalid(&path, msg))
         }
     }
 }
@@ -467,8 +524,17 @@ impl Config {
         if defaults.node_quota == Some(0) {
             return Err(raw.invalid("defaults.node-quota", "expected an integer > 0, got 0"));
         }
+        if let Some(r) = &defaults.retries {
+            r.check(&raw, "defaults.retries")?;
+        }
+        let app: AppConfig = section(&raw, "app")?.unwrap_or_default();
+        check_port(&raw, "app.port", app.port)?;
+        if let Some(r) = &app.retries {
+            r.check(&raw, "app.retries")?;
+        }
         let metaclient: Option<MetaclientConfig> = section(&raw, "metaclient")?;
         if let Some(m) = &metaclient {
+            check_port(&raw, "metaclient.port", m.port)?;
             if let Some(dest) = &m.dest {
                 if !(dest.starts_with("http://") || dest.starts_with("https://")) {
                     return Err(raw.invalid(
@@ -490,7 +556,14 @@ impl Config {
         let database: DatabaseConfig = section(&raw, "database")?.unwrap_or_default();
         for k in ["sync_url", "async_url"] {
             match database.sqlalchemy.get(k) {
-                None | Some(Value::String(_)) => {}
+                None => {}
+                Some(Value::String(s)) if s.trim().is_empty() => {
+                    return Err(raw.invalid(
+                        &format!("database.sqlalchemy.{k}"),
+                        "expected a database URL (postgresql://user:password@host:port/db), got an empty string",
+                    ))
+                }
+                Some(Value::String(_)) => {}
                 Some(other) => {
                     return Err(raw.invalid(
                         &format!("database.sqlalchemy.{k}"),
@@ -514,7 +587,7 @@ impl Config {
         let nodepools = pools::resolve(&raw)?;
         let cfg = Config {
             client,
-            app: section(&raw, "app")?.unwrap_or_default(),
+            app,
             metaclient,
             database,
             defaults,
@@ -524,19 +597,22 @@ impl Config {
             inventory: section(&raw, "inventory")?.unwrap_or_default(),
             ipmi: section(&raw, "ipmi")?.unwrap_or_default(),
             events: section(&raw, "events")?.unwrap_or_default(),
+            contextualize: section(&raw, "contextualize")?.unwrap_or_default(),
             database_url_override: std::env::var(ENV_DATABASE_URL)
                 .ok()
                 .filter(|s| !s.is_empty()),
             raw,
         };
+        // The file's URL is checked even when overridden: `config check` vouches for the files.
+        if let Some((key, url)) = cfg.configured_database_url() {
+            crate::db::url::parse(&url).map_err(|e| cfg.raw.invalid(&key, e.to_string()))?;
+        }
         if let Some(url) = &cfg.database_url_override {
             crate::db::url::parse(url).map_err(|e| ConfigError::Invalid {
                 file: format!("${ENV_DATABASE_URL}"),
                 key: "database URL".into(),
                 msg: e.to_string(),
             })?;
-        } else if let Some((key, url)) = cfg.configured_database_url() {
-            crate::db::url::parse(&url).map_err(|e| cfg.raw.invalid(&key, e.to_string()))?;
         }
         Ok(cfg)
     }
@@ -585,5 +661,37 @@ impl Config {
     /// The top-level keys present, in merge order (for `config check`).
     pub fn sections(&self) -> Vec<String> {
         self.raw.value.keys().map(super::merge::key_text).collect()
+    }
+}
+
+/// `contextualize` (duffy's own): how the API installs tenants' SSH keys on nodes.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ContextualizeConfig {
+    /// per-node time limit (connect + command)
+    #[serde(default = "ContextualizeConfig::d_timeout")]
+    pub timeout: ConfigDuration,
+    /// the ssh client to run
+    #[serde(default = "ContextualizeConfig::d_ssh")]
+    pub ssh: String,
+    /// private key to use (default: the ssh client's defaults for the server's user)
+    pub identity: Option<PathBuf>,
+    /// extra ssh arguments, e.g. ["-p", "2222"]
+    #[serde(default)]
+    pub ssh_options: Vec<String>,
+}
+
+impl ContextualizeConfig {
+    fn d_timeout() -> ConfigDuration {
+        ConfigDuration(Duration::from_secs(30))
+    }
+    fn d_ssh() -> String {
+        "ssh".into()
+    }
+}
+
+impl Default for ContextualizeConfig {
+    fn default() -> Self {
+        serde_yaml::from_str("{}").expect("contextualize defaults")
     }
 }

@@ -234,12 +234,8 @@ fn typed(ctx: &Ctx, name: &str, kind_: PoolKind, vars: Mapping) -> Result<Pool, 
         }
     };
     let mechanism = mechanism(ctx, &vars, concrete)?;
-    if concrete && fill_level.is_none() {
-        tracing::warn!(
-            pool = name,
-            "concrete pool has no fill-level: it is never filled and not listed"
-        );
-    }
+    // a concrete pool without fill-level is valid (upstream bug 11 fixed): never filled, not
+    // listed; the CLI warns about it once logging is set up.
     Ok(Pool {
         name: name.to_string(),
         kind: kind_,
@@ -318,12 +314,10 @@ pub fn resolve(raw: &RawConfig) -> Result<Vec<Pool>, ConfigError> {
                 None | Some(Value::Null) => Mapping::new(),
                 Some(Value::String(parent)) => match out.iter().find(|p| p.name == parent) {
                     Some(p) => p.vars.clone(),
-                    None => return Err(ctx.err(
-                        "extends",
-                        format!(
-                            "unknown pool {parent:?} (extends must name a pool defined earlier)"
-                        ),
-                    )),
+                    None => {
+                        let msg = "extends must name a pool defined earlier";
+                        return Err(ctx.err("extends", format!("unknown pool {parent:?} ({msg})")));
+                    }
                 },
                 Some(other) => {
                     return Err(ctx.err(

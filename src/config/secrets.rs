@@ -1,6 +1,8 @@
 //! Masking of secrets in a config before it is shown (`duffy config check/dump`, logs).
 //! Masked: passwords inside URLs, values of keys that name a secret (`*password*`, `*secret*`,
 //! `*token*`, `key`, `*_key`, `api_key`…) and the keys of `metaclient.usermap` (legacy API keys).
+//! Passwords in URLs are masked in the userinfo part and in `password=` parameters (URL query or
+//! libpq keyword strings such as `host=db password=…`), wherever such a string appears.
 
 use serde_yaml::{Mapping, Value};
 
@@ -8,7 +10,8 @@ use super::merge::key_text;
 
 pub const MASK: &str = "**********";
 
-fn is_secret_key(k: &str) -> bool {
+/// Does a key's name say that its value is a secret?
+pub fn is_secret_key(k: &str) -> bool {
     let k = k.to_ascii_lowercase();
     k.contains("password")
         || k.contains("passwd")
@@ -20,27 +23,97 @@ fn is_secret_key(k: &str) -> bool {
         || k.ends_with("apikey")
 }
 
-/// `scheme://user:pw@host` → `scheme://user:**********@host`.
+/// Mask the passwords of a connection string: `scheme://user:pw@host` →
+/// `scheme://user:**********@host`, and the value of every `password=` parameter
+/// (`?password=…`, libpq's `host=db password=…`).
 pub fn mask_url(s: &str) -> String {
+    mask_password_params(&mask_userinfo(s))
+}
+
+fn mask_userinfo(s: &str) -> String {
     let Some(scheme_end) = s.find("://") else {
         return s.to_string();
     };
     let rest = &s[scheme_end + 3..];
-    let auth_end = rest.find('/').unwrap_or(rest.len());
-    let authority = &rest[..auth_end];
-    if let Some(at) = authority.rfind('@') {
-        let userinfo = &authority[..at];
-        if let Some(colon) = userinfo.find(':') {
-            return format!(
-                "{}{}:{}{}",
-                &s[..scheme_end + 3],
-                &userinfo[..colon],
-                MASK,
-                &rest[at..]
-            );
+    // The credentials end at the last `@` before the query: an unencoded `/` or `@` in a
+    // password must not let the password through (libpq-style parsers take up to the `@`).
+    let query = rest.find(['?', '#']).unwrap_or(rest.len());
+    let Some(at) = rest[..query].rfind('@') else {
+        return s.to_string();
+    };
+    let userinfo = &rest[..at];
+    match userinfo.find(':') {
+        Some(colon) if !userinfo[..colon].contains('/') => format!(
+            "{}{}:{}{}",
+            &s[..scheme_end + 3],
+            &userinfo[..colon],
+            MASK,
+            &rest[at..]
+        ),
+        _ => s.to_string(),
+    }
+}
+
+fn mask_password_params(s: &str) -> String {
+    const KEY: &str = "password=";
+    let lower = s.to_ascii_lowercase();
+    let mut out = String::with_capacity(s.len());
+    let mut pos = 0;
+    while let Some(found) = lower[pos..].find(KEY) {
+        let start = pos + found + KEY.len();
+        out.push_str(&s[pos..start]);
+        let value = &s[start..];
+        let len = if let Some(quoted) = value.strip_prefix('\'') {
+            // libpq: 'quoted value' with \' and \\ escapes
+            let mut escaped = false;
+            let mut end = value.len();
+            for (i, c) in quoted.char_indices() {
+                match c {
+                    _ if escaped => escaped = false,
+                    '\\' => escaped = true,
+                    '\'' => {
+                        end = i + 2;
+                        break;
+                    }
+                    _ => {}
+                }
+            }
+            end
+        } else {
+            value
+                .find(|c: char| c.is_whitespace() || c == '&' || c == '#' || c == ';')
+                .unwrap_or(value.len())
+        };
+        if len > 0 {
+            out.push_str(MASK);
+        }
+        pos = start + len;
+    }
+    out.push_str(&s[pos..]);
+    out
+}
+
+/// Replace the values serde quotes in its messages (`` `…` `` and `"…"`) by [`MASK`].
+pub fn redact_quoted(msg: &str) -> String {
+    let mut out = String::with_capacity(msg.len());
+    let mut open: Option<char> = None;
+    for c in msg.chars() {
+        match open {
+            Some(q) if c == q => {
+                out.push_str(MASK);
+                out.push(c);
+                open = None;
+            }
+            Some(_) => {}
+            None => {
+                out.push(c);
+                if c == '`' || c == '"' {
+                    open = Some(c);
+                }
+            }
         }
     }
-    s.to_string()
+    out
 }
 
 fn walk(v: &Value, path: &str) -> Value {
