@@ -36,14 +36,14 @@ fn basic(name: &str, key: &str) -> String {
 }
 
 const CLIENTS: usize = 16;
-const QUOTA: i64 = 6;
+const QUOTA: i64 = 12;
 
 #[test]
 fn concurrent_allocation_never_double_allocates_or_exceeds_quota() {
     let requests: usize = std::env::var("DUFFY_STRESS_REQUESTS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(150);
+        .unwrap_or(250);
     let tdb = TestDb::migrated();
     let cfg = TestConfig::new(&tdb.url, &pools_yaml(&[("stress-a", 20), ("stress-b", 10)]));
     add_ready_nodes(&tdb, "stress-a", 24, 201);
@@ -83,7 +83,10 @@ fn concurrent_allocation_never_double_allocates_or_exceeds_quota() {
                         .unwrap();
                     for r in tx_rows {
                         let id: i32 = r.get(0);
-                        violations.lock().unwrap().push(format!("node {id} in two active sessions"));
+                        violations
+                            .lock()
+                            .unwrap()
+                            .push(format!("node {id} in two active sessions"));
                     }
                     let over = c
                         .query(
@@ -95,7 +98,10 @@ fn concurrent_allocation_never_double_allocates_or_exceeds_quota() {
                         .unwrap();
                     for r in over {
                         let (t, n): (i32, i64) = (r.get(0), r.get(1));
-                        violations.lock().unwrap().push(format!("tenant {t} holds {n} > {QUOTA} nodes"));
+                        violations
+                            .lock()
+                            .unwrap()
+                            .push(format!("tenant {t} holds {n} > {QUOTA} nodes"));
                     }
                     tokio::time::sleep(std::time::Duration::from_millis(20)).await;
                 }
@@ -157,17 +163,27 @@ fn concurrent_allocation_never_double_allocates_or_exceeds_quota() {
     for i in 0..CLIENTS {
         let (name, auth) = tenants[i % tenants.len()].clone();
         let port = ports[i % ports.len()];
-        let (violations, created, statuses) = (violations.clone(), created.clone(), statuses.clone());
+        let (violations, created, statuses) =
+            (violations.clone(), created.clone(), statuses.clone());
         clients.push(std::thread::spawn(move || {
             let mut mine: Vec<i64> = Vec::new();
             for r in 0..requests {
                 // mostly create; retire when holding sessions
                 if !mine.is_empty() && (r % 3 == 2 || mine.len() > 2) {
                     let id = mine.remove(0);
-                    let (st, _) = request(port, "PUT", &format!("/api/v1/sessions/{id}"), &auth, r#"{"active": false}"#);
+                    let (st, _) = request(
+                        port,
+                        "PUT",
+                        &format!("/api/v1/sessions/{id}"),
+                        &auth,
+                        r#"{"active": false}"#,
+                    );
                     *statuses.lock().unwrap().entry(st).or_default() += 1;
                     if st != 200 {
-                        violations.lock().unwrap().push(format!("{name}: retire {id} -> {st}"));
+                        violations
+                            .lock()
+                            .unwrap()
+                            .push(format!("{name}: retire {id} -> {st}"));
                     }
                     continue;
                 }
@@ -182,33 +198,58 @@ fn concurrent_allocation_never_double_allocates_or_exceeds_quota() {
                 match st {
                     201 => {
                         created.fetch_add(1, Ordering::Relaxed);
-                        let nodes = v["session"]["nodes"].as_array().cloned().unwrap_or_default();
-                        let count = |p: &str| nodes.iter().filter(|n| n["pool"] == p).count() as i64;
+                        let nodes = v["session"]["nodes"]
+                            .as_array()
+                            .cloned()
+                            .unwrap_or_default();
+                        let count =
+                            |p: &str| nodes.iter().filter(|n| n["pool"] == p).count() as i64;
                         if count("stress-a") != qa || count("stress-b") != qb {
-                            violations.lock().unwrap().push(format!("{name}: got wrong nodes {v}"));
+                            violations
+                                .lock()
+                                .unwrap()
+                                .push(format!("{name}: got wrong nodes {v}"));
                         }
                         if nodes.iter().any(|n| n["state"] != "deployed") {
-                            violations.lock().unwrap().push(format!("{name}: node not deployed {v}"));
+                            violations
+                                .lock()
+                                .unwrap()
+                                .push(format!("{name}: node not deployed {v}"));
                         }
                         mine.push(v["session"]["id"].as_i64().unwrap());
                     }
                     403 => {
                         let d = v["detail"].as_str().unwrap_or("");
                         if !d.starts_with("quota exceeded") {
-                            violations.lock().unwrap().push(format!("{name}: unexpected 403 {v}"));
+                            violations
+                                .lock()
+                                .unwrap()
+                                .push(format!("{name}: unexpected 403 {v}"));
                         }
                     }
                     422 => {
                         let d = v["detail"].as_str().unwrap_or("");
                         if !d.starts_with("can't reserve nodes") {
-                            violations.lock().unwrap().push(format!("{name}: unexpected 422 {v}"));
+                            violations
+                                .lock()
+                                .unwrap()
+                                .push(format!("{name}: unexpected 422 {v}"));
                         }
                     }
-                    other => violations.lock().unwrap().push(format!("{name}: status {other}: {v}")),
+                    other => violations
+                        .lock()
+                        .unwrap()
+                        .push(format!("{name}: status {other}: {v}")),
                 }
             }
             for id in mine {
-                request(port, "PUT", &format!("/api/v1/sessions/{id}"), &auth, r#"{"active": false}"#);
+                request(
+                    port,
+                    "PUT",
+                    &format!("/api/v1/sessions/{id}"),
+                    &auth,
+                    r#"{"active": false}"#,
+                );
             }
         }));
     }
@@ -224,10 +265,27 @@ fn concurrent_allocation_never_double_allocates_or_exceeds_quota() {
         created.load(Ordering::Relaxed),
         statuses.lock().unwrap()
     );
-    assert!(v.is_empty(), "{} violations, first: {:?}", v.len(), &v[..v.len().min(5)]);
-    assert!(created.load(Ordering::Relaxed) > CLIENTS, "the load allocated too little to prove anything");
+    assert!(
+        v.is_empty(),
+        "{} violations, first: {:?}",
+        v.len(),
+        &v[..v.len().min(5)]
+    );
+    assert!(
+        created.load(Ordering::Relaxed) > CLIENTS,
+        "the load allocated too little to prove anything"
+    );
     // every node is accounted for: none lost in contextualizing, none duplicated
     let states = tdb.query_strings("SELECT string_agg(state::text || '=' || n, ',' ORDER BY state) FROM (SELECT state, count(*) n FROM nodes GROUP BY state) s");
-    assert!(!states[0].clone().unwrap_or_default().contains("contextualizing"), "{states:?}");
-    assert_eq!(tdb.query_strings("SELECT count(*) FROM nodes")[0].as_deref(), Some("36"));
+    assert!(
+        !states[0]
+            .clone()
+            .unwrap_or_default()
+            .contains("contextualizing"),
+        "{states:?}"
+    );
+    assert_eq!(
+        tdb.query_strings("SELECT count(*) FROM nodes")[0].as_deref(),
+        Some("36")
+    );
 }
