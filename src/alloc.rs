@@ -195,7 +195,8 @@ pub async fn create(
     // Transaction A: quota, session row, node reservation.
     let mut conn = db.get().await?;
     let tx = conn.transaction().await?;
-    let target = match tenants::by_id(&*tx, target_id).await? {
+    // lock the tenant row: one allocation per tenant at a time, so the quota holds
+    let target = match tenants::by_id_for_update(&*tx, target_id).await? {
         Some(t) => t,
         None => {
             return Err(SessionError::Unprocessable(format!(
@@ -203,12 +204,6 @@ pub async fn create(
             )))
         }
     };
-    // lock the tenant row: one allocation per tenant at a time
-    tx.execute(
-        "SELECT 1 FROM tenants WHERE id = $1 FOR UPDATE",
-        &[&target_id],
-    )
-    .await?;
     let target = Tenant::new(target, &cfg.defaults);
     if !target.active() {
         return Err(SessionError::Unprocessable(format!(

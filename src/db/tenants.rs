@@ -102,6 +102,17 @@ pub async fn by_name_for_update(
     )
 }
 
+/// Like [`by_id`] but locks the row until the end of the transaction.
+pub async fn by_id_for_update(
+    c: &impl GenericClient,
+    id: i32,
+) -> Result<Option<TenantRow>, DbError> {
+    Ok(c.query_opt(&format!("{SELECT} WHERE id = $1 FOR UPDATE"), &[&id])
+        .await?
+        .as_ref()
+        .map(TenantRow::from))
+}
+
 pub async fn by_id(c: &impl GenericClient, id: i32) -> Result<Option<TenantRow>, DbError> {
     Ok(c.query_opt(&format!("{SELECT} WHERE id = $1"), &[&id])
         .await?
