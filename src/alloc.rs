@@ -31,7 +31,7 @@ pub enum SessionError {
     NotFound,
     #[error("{0}")]
     Forbidden(String),
-    #[error("quota exceeded: requested nodes ({requested}) + current allocation ({current}) = {} > {quota}", requested + current)]
+    #[error("quota exceeded: requested nodes ({requested}) + current allocation ({current}) = {} > {quota}", requested.saturating_add(*current))]
     Quota {
         requested: i64,
         current: i64,
@@ -228,6 +228,7 @@ pub async fn create(
     let lifetime = target
         .effective_session_lifetime
         .unwrap_or(Duration::from_secs(6 * 3600))
+        .min(crate::tenant::MAX_LIFETIME)
         .as_secs_f64();
     let data = json!({"nodes_specs": specs.iter().map(|s| json!({"quantity": s.quantity, "pool": s.pool})).collect::<Vec<_>>()});
     let session = q::insert(&*tx, target_id, lifetime, &data).await?;
@@ -346,86 +347,96 @@ pub async fn create(
         tx.commit().await?;
         return get_view(db, cfg, session.id).await;
     }
-    // Roll back: failed nodes → failed; keys off the others → ready (or failed if that fails).
-    let failed_ids: Vec<(i32, String)> = nodes_now
-        .iter()
-        .filter_map(|n| {
-            let ip = n.ipaddr.clone().unwrap_or_default();
-            failures
-                .iter()
-                .find(|f| f.ipaddr == ip)
-                .map(|f| (n.id, f.reason.clone()))
-        })
-        .collect();
-    let ok_nodes: Vec<&Node> = nodes_now
-        .iter()
-        .filter(|n| !failed_ids.iter().any(|(id, _)| *id == n.id))
-        .collect();
-    let ok_ips: Vec<String> = ok_nodes
-        .iter()
-        .map(|n| n.ipaddr.clone().unwrap_or_default())
-        .collect();
-    let undo_failures = contextualize::remove(&cfg.contextualize, &ok_ips).await;
-    for (id, reason) in &failed_ids {
-        fail_node(&*tx, *id, session.id, "contextualizing node failed", reason).await?;
-    }
-    let mut back_to_ready = Vec::new();
-    for n in &ok_nodes {
-        let ip = n.ipaddr.clone().unwrap_or_default();
-        match undo_failures.iter().find(|f| f.ipaddr == ip) {
-            Some(f) => {
-                fail_node(
-                    &*tx,
-                    n.id,
-                    session.id,
-                    "decontextualizing node failed",
-                    &f.reason,
-                )
-                .await?
-            }
-            None => back_to_ready.push(n.id),
+    // Roll back: failed nodes → failed; keys off the others → ready (or failed if that fails);
+    // the session is deleted. Like upstream, the answer is "contextualization of nodes failed"
+    // whatever happened to the keys; only a failing cleanup itself gives the other 503.
+    let cleanup = async move {
+        let failed_ids: Vec<(i32, String)> = nodes_now
+            .iter()
+            .filter_map(|n| {
+                let ip = n.ipaddr.clone().unwrap_or_default();
+                failures
+                    .iter()
+                    .find(|f| f.ipaddr == ip)
+                    .map(|f| (n.id, f.reason.clone()))
+            })
+            .collect();
+        let ok_nodes: Vec<&Node> = nodes_now
+            .iter()
+            .filter(|n| !failed_ids.iter().any(|(id, _)| *id == n.id))
+            .collect();
+        let ok_ips: Vec<String> = ok_nodes
+            .iter()
+            .map(|n| n.ipaddr.clone().unwrap_or_default())
+            .collect();
+        let undo_failures = contextualize::remove(&cfg.contextualize, &ok_ips).await;
+        for (id, reason) in &failed_ids {
+            fail_node(&*tx, *id, session.id, "contextualizing node failed", reason).await?;
         }
-    }
-    let all_ids: Vec<i32> = nodes_now
-        .iter()
-        .map(|n| n.id)
-        .chain(direct.iter().copied())
-        .collect();
-    if !back_to_ready.is_empty() || !direct.is_empty() {
-        let ready_ids: Vec<i32> = back_to_ready.iter().chain(direct.iter()).copied().collect();
-        nodes::transition(
-            &*tx,
-            &TransitionRequest {
-                node_ids: &ready_ids,
-                from: &[NodeState::Contextualizing],
-                to: NodeState::Ready,
-                actor: Actor::Api,
-                reason: Some("allocation rolled back"),
-                session_id: Some(session.id),
-                changes: NodeChanges {
-                    data_remove: vec!["nodes_spec".into()],
-                    ..Default::default()
+        let mut back_to_ready = Vec::new();
+        for n in &ok_nodes {
+            let ip = n.ipaddr.clone().unwrap_or_default();
+            match undo_failures.iter().find(|f| f.ipaddr == ip) {
+                Some(f) => {
+                    fail_node(
+                        &*tx,
+                        n.id,
+                        session.id,
+                        "decontextualizing node failed",
+                        &f.reason,
+                    )
+                    .await?
+                }
+                None => back_to_ready.push(n.id),
+            }
+        }
+        let all_ids: Vec<i32> = nodes_now
+            .iter()
+            .map(|n| n.id)
+            .chain(direct.iter().copied())
+            .collect();
+        if !back_to_ready.is_empty() || !direct.is_empty() {
+            let ready_ids: Vec<i32> = back_to_ready.iter().chain(direct.iter()).copied().collect();
+            nodes::transition(
+                &*tx,
+                &TransitionRequest {
+                    node_ids: &ready_ids,
+                    from: &[NodeState::Contextualizing],
+                    to: NodeState::Ready,
+                    actor: Actor::Api,
+                    reason: Some("allocation rolled back"),
+                    session_id: Some(session.id),
+                    changes: NodeChanges {
+                        data_remove: vec!["nodes_spec".into()],
+                        ..Default::default()
+                    },
                 },
-            },
+            )
+            .await?;
+        }
+        q::delete(&*tx, session.id).await?;
+        audit::record(
+            &*tx,
+            audit::Entity::Session,
+            Some(session.id),
+            "rollback",
+            &caller.row.name,
+            json!({"reason": "contextualization failed", "failed_nodes": failed_ids.iter().map(|(id, _)| id).collect::<Vec<_>>(), "nodes": all_ids}),
         )
         .await?;
-    }
-    q::delete(&*tx, session.id).await?;
-    audit::record(
-        &*tx,
-        audit::Entity::Session,
-        Some(session.id),
-        "rollback",
-        &caller.row.name,
-        json!({"reason": "contextualization failed", "failed_nodes": failed_ids.iter().map(|(id, _)| id).collect::<Vec<_>>(), "nodes": all_ids}),
-    )
-    .await?;
-    events::notify(&*tx, &cfg.events.channel, &Event::SessionFailed { pools }).await?;
-    tx.commit().await?;
-    if undo_failures.is_empty() {
-        Err(SessionError::Contextualization)
-    } else {
-        Err(SessionError::Decontextualization)
+        events::notify(&*tx, &cfg.events.channel, &Event::SessionFailed { pools }).await?;
+        tx.commit().await?;
+        Ok::<(), SessionError>(())
+    };
+    match cleanup.await {
+        Ok(()) => Err(SessionError::Contextualization),
+        Err(e) => {
+            tracing::error!(
+                "session {}: cleanup after a contextualization failure: {e}",
+                session.id
+            );
+            Err(SessionError::Decontextualization)
+        }
     }
 }
 
@@ -488,6 +499,14 @@ async fn get_view(db: &Db, cfg: &Config, id: i32) -> Result<SessionView, Session
         .ok_or(SessionError::NotFound)
 }
 
+/// The latest `expires_at` a session can have: 9999-12-31T23:59:59.999999 (RFC 3339 and
+/// Python's `datetime` end there).
+fn max_expiry() -> NaiveDateTime {
+    chrono::NaiveDate::from_ymd_opt(9999, 12, 31)
+        .and_then(|d| d.and_hms_micro_opt(23, 59, 59, 999_999))
+        .expect("valid date")
+}
+
 /// A new expiry requested by `PUT /sessions/{id}`.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Expiry {
@@ -521,17 +540,27 @@ pub async fn update(
     }
     if let Some(exp) = expires {
         let base = row.expires_at.unwrap_or(row.created_at);
+        let out_of_range =
+            || SessionError::Unprocessable("expires_at: out of range (year 1 to 9999)".into());
         let mut new = match exp {
-            Expiry::Relative(ms) => base + chrono::Duration::milliseconds(ms),
+            Expiry::Relative(ms) => chrono::Duration::try_milliseconds(ms)
+                .and_then(|d| base.checked_add_signed(d))
+                .ok_or_else(out_of_range)?,
             Expiry::Absolute(t) => t,
         };
         new = new.max(row.created_at);
         if !caller.row.is_admin {
             if let Some(max) = caller.effective_session_lifetime_max {
-                let limit = row.created_at
-                    + chrono::Duration::from_std(max).unwrap_or(chrono::Duration::MAX);
+                let limit = chrono::Duration::from_std(max)
+                    .ok()
+                    .and_then(|d| row.created_at.checked_add_signed(d))
+                    .unwrap_or(NaiveDateTime::MAX);
                 new = new.min(limit);
             }
+        }
+        // what clients (Python's datetime) and the wire format (RFC 3339) can represent
+        if new > max_expiry() {
+            return Err(out_of_range());
         }
         q::set_expires(&*tx, id, new).await?;
         audit::record(

@@ -8,6 +8,7 @@ pub mod alloc;
 pub mod api;
 pub mod apikey;
 pub mod cli;
+pub mod client;
 pub mod config;
 pub mod contextualize;
 pub mod db;

@@ -153,6 +153,25 @@ pub fn validate_name(name: &str) -> Result<(), TenantError> {
     Ok(())
 }
 
+/// Longest session lifetime (and lifetime maximum) a tenant can have: 100 years. Longer values
+/// overflow PostgreSQL's `interval` arithmetic (`make_interval` wraps silently) and end past
+/// the year 9999 that clients can parse.
+pub const MAX_LIFETIME: Duration = Duration::from_secs(100 * 365 * 86_400);
+
+fn lifetime(field: &'static str, d: Option<Duration>) -> Result<(), TenantError> {
+    match d {
+        Some(d) if d > MAX_LIFETIME => Err(TenantError::Invalid {
+            field,
+            msg: format!(
+                "{} seconds is too long (at most {} seconds, 100 years)",
+                d.as_secs(),
+                MAX_LIFETIME.as_secs()
+            ),
+        }),
+        _ => Ok(()),
+    }
+}
+
 fn quota(q: Option<u32>) -> Result<Option<i32>, TenantError> {
     match q {
         None => Ok(None),
@@ -194,10 +213,24 @@ pub async fn create(
     t: &NewTenant,
     actor: &str,
 ) -> Result<(Tenant, Uuid), TenantError> {
+    create_with_key(db, defaults, t, None, actor).await
+}
+
+/// Create a tenant with the given API key (e.g. an existing legacy key; the `duffy_tenant`
+/// module's `api_key`), or a fresh one when `None`; returns the tenant and the key.
+pub async fn create_with_key(
+    db: &Db,
+    defaults: &Defaults,
+    t: &NewTenant,
+    api_key: Option<Uuid>,
+    actor: &str,
+) -> Result<(Tenant, Uuid), TenantError> {
     validate_name(&t.name)?;
     let ssh_key = sshkeys::validate(&t.ssh_key)?;
     let node_quota = quota(t.node_quota)?;
-    let key = apikey::generate();
+    lifetime("session_lifetime", t.session_lifetime)?;
+    lifetime("session_lifetime_max", t.session_lifetime_max)?;
+    let key = api_key.unwrap_or_else(apikey::generate);
     let hash = hash_key(key).await;
     let mut conn = db.get().await?;
     let tx = conn.transaction().await?;
@@ -311,6 +344,8 @@ pub async fn update(
         Some(q) => Some(quota(q)?),
         None => None,
     };
+    lifetime("session_lifetime", ch.session_lifetime.flatten())?;
+    lifetime("session_lifetime_max", ch.session_lifetime_max.flatten())?;
     let (new_key, hash) = match ch.api_key {
         Some(ApiKeyChange::Reset) => {
             let k = apikey::generate();

@@ -118,18 +118,32 @@ pub async fn authenticate(
         Creds::None => return Ok(None),
         Creds::Basic(u, k) => (u, k),
     };
+    verify_pair(db, cache, defaults, &user, &key)
+        .await
+        .map(Some)
+}
+
+/// Check a (tenant name, API key) pair as Basic auth does: unknown tenant or wrong key → 401
+/// `Unauthorized`, retired tenant → 403. Also used by the legacy API for its usermap pairs.
+pub async fn verify_pair(
+    db: &Db,
+    cache: &AuthCache,
+    defaults: &Defaults,
+    user: &str,
+    key: &str,
+) -> Result<Tenant, ApiError> {
     let c = db.get().await?;
-    let row = tenants::by_name(&**c, &user).await?;
+    let row = tenants::by_name(&**c, user).await?;
     drop(c);
     let unauthorized = || ApiError::Detail(hyper::StatusCode::UNAUTHORIZED, "Unauthorized".into());
     let Some(row) = row else {
         return Err(unauthorized());
     };
-    if !cache.check(row.id, &row.api_key_hash, &key).await {
+    if !cache.check(row.id, &row.api_key_hash, key).await {
         return Err(unauthorized());
     }
     if row.retired_at.is_some() {
         return Err(ApiError::forbidden());
     }
-    Ok(Some(Tenant::new(row, defaults)))
+    Ok(Tenant::new(row, defaults))
 }

@@ -74,34 +74,28 @@ impl<'a> Body<'a> {
         }
     }
 
+    /// A boolean, leniently like Pydantic: `true`/`false`, 0/1, and strings such as
+    /// `"yes"`, `"off"`, `"1"`.
     pub fn boolean(&mut self, key: &str) -> Option<bool> {
-        match self.get(key) {
-            None => None,
-            Some(Value::Bool(b)) => Some(*b),
-            Some(other) => {
-                self.err(
-                    "bool_type",
-                    &[json!(key)],
-                    "Input should be a valid boolean",
-                    other.clone(),
-                );
+        let v = self.get(key)?;
+        match lax_bool(v) {
+            Ok(b) => Some(b),
+            Err((kind, msg)) => {
+                self.err(kind, &[json!(key)], msg, v.clone());
                 None
             }
         }
     }
 
+    /// An integer, leniently like Pydantic (see [`lax_int`]).
     pub fn int(&mut self, key: &str) -> Option<i64> {
-        match self.get(key) {
-            None => None,
-            Some(v) => int_value(v).or_else(|| {
-                self.err(
-                    "int_type",
-                    &[json!(key)],
-                    "Input should be a valid integer",
-                    v.clone(),
-                );
+        let v = self.get(key)?;
+        match lax_int(v) {
+            Ok(n) => Some(n),
+            Err((kind, msg)) => {
+                self.err(kind, &[json!(key)], msg, v.clone());
                 None
-            }),
+            }
         }
     }
 
@@ -115,14 +109,129 @@ impl<'a> Body<'a> {
     }
 }
 
-/// An integer from JSON (whole floats accepted, like Pydantic's lax mode).
-pub fn int_value(v: &Value) -> Option<i64> {
+/// A validation failure: (`type`, `msg`) as Pydantic reports it.
+pub type LaxError = (&'static str, &'static str);
+
+/// An integer as Pydantic's lax mode reads it: JSON integers, whole floats, booleans and
+/// numeric strings (`" 3 "`, `"+4"`, `"1_000"`). Integers beyond the `i64` range saturate
+/// (callers bound them further).
+pub fn lax_int(v: &Value) -> Result<i64, LaxError> {
+    const PARSING: LaxError = (
+        "int_parsing",
+        "Input should be a valid integer, unable to parse string as an integer",
+    );
     match v {
-        Value::Number(n) => n.as_i64().or_else(|| {
-            n.as_f64()
-                .filter(|f| f.fract() == 0.0 && f.abs() < 9.0e18)
-                .map(|f| f as i64)
-        }),
-        _ => None,
+        Value::Number(n) => {
+            if let Some(i) = n.as_i64() {
+                Ok(i)
+            } else if n.as_u64().is_some() {
+                Ok(i64::MAX)
+            } else {
+                let f = n.as_f64().unwrap_or(f64::NAN);
+                if f.is_finite() && f.fract() == 0.0 {
+                    Ok(f as i64) // `as` saturates
+                } else {
+                    Err((
+                        "int_from_float",
+                        "Input should be a valid integer, got a number with a fractional part",
+                    ))
+                }
+            }
+        }
+        Value::Bool(b) => Ok(i64::from(*b)),
+        Value::String(s) => {
+            let t = s.trim();
+            let (neg, digits) = match t.as_bytes().first() {
+                Some(b'-') => (true, &t[1..]),
+                Some(b'+') => (false, &t[1..]),
+                _ => (false, t),
+            };
+            let b = digits.as_bytes();
+            let well_formed = !b.is_empty()
+                && b[0].is_ascii_digit()
+                && b[b.len() - 1].is_ascii_digit()
+                && b.iter().all(|c| c.is_ascii_digit() || *c == b'_')
+                && !digits.contains("__");
+            if !well_formed {
+                return Err(PARSING);
+            }
+            let mut n: i64 = 0;
+            for c in b.iter().filter(|c| c.is_ascii_digit()) {
+                n = n.saturating_mul(10).saturating_add(i64::from(c - b'0'));
+            }
+            Ok(if neg { n.saturating_neg() } else { n })
+        }
+        _ => Err(("int_type", "Input should be a valid integer")),
+    }
+}
+
+/// A boolean as Pydantic's lax mode reads it: JSON booleans, the numbers 0 and 1, and the
+/// strings `0/1, false/true, f/t, no/yes, n/y, off/on` (any case).
+pub fn lax_bool(v: &Value) -> Result<bool, LaxError> {
+    const PARSING: LaxError = (
+        "bool_parsing",
+        "Input should be a valid boolean, unable to interpret input",
+    );
+    match v {
+        Value::Bool(b) => Ok(*b),
+        Value::Number(n) => match n.as_f64() {
+            Some(0.0) => Ok(false),
+            Some(1.0) => Ok(true),
+            _ => Err(PARSING),
+        },
+        Value::String(s) => match s.trim().to_ascii_lowercase().as_str() {
+            "0" | "off" | "f" | "false" | "n" | "no" => Ok(false),
+            "1" | "on" | "t" | "true" | "y" | "yes" => Ok(true),
+            _ => Err(PARSING),
+        },
+        _ => Err(("bool_type", "Input should be a valid boolean")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lax_int_like_pydantic() {
+        for (v, want) in [
+            (json!(2), Some(2)),
+            (json!(2.0), Some(2)),
+            (json!(true), Some(1)),
+            (json!("2"), Some(2)),
+            (json!(" 3 "), Some(3)),
+            (json!("+4"), Some(4)),
+            (json!("-5"), Some(-5)),
+            (json!("1_000"), Some(1000)),
+            (json!(10_000_000_000_000_000_000u64), Some(i64::MAX)),
+            (json!(1e30), Some(i64::MAX)),
+            (json!(2.5), None),
+            (json!("abc"), None),
+            (json!("1e3"), None),
+            (json!("_1"), None),
+            (json!("1__0"), None),
+            (json!(""), None),
+            (json!(null), None),
+            (json!([1]), None),
+        ] {
+            assert_eq!(lax_int(&v).ok(), want, "{v}");
+        }
+    }
+
+    #[test]
+    fn lax_bool_like_pydantic() {
+        for (v, want) in [
+            (json!(true), Some(true)),
+            (json!(0), Some(false)),
+            (json!(1.0), Some(true)),
+            (json!("yes"), Some(true)),
+            (json!("OFF"), Some(false)),
+            (json!("t"), Some(true)),
+            (json!(2), None),
+            (json!("x"), None),
+            (json!([]), None),
+        ] {
+            assert_eq!(lax_bool(&v).ok(), want, "{v}");
+        }
     }
 }

@@ -24,6 +24,17 @@ pub fn json_response(status: StatusCode, body: &Value) -> Resp {
     r
 }
 
+/// 405 `{"detail":"Method Not Allowed"}` with an `Allow` header listing the path's methods.
+pub fn method_not_allowed(allow: &'static str) -> Resp {
+    let mut r = json_response(
+        StatusCode::METHOD_NOT_ALLOWED,
+        &json!({"detail": "Method Not Allowed"}),
+    );
+    r.headers_mut()
+        .insert(hyper::header::ALLOW, HeaderValue::from_static(allow));
+    r
+}
+
 /// One FastAPI-style validation error item.
 pub fn validation_item(kind: &str, loc: Value, msg: &str, input: Value) -> Value {
     json!({"type": kind, "loc": loc, "msg": msg, "input": input})
@@ -106,6 +117,15 @@ pub async fn read_json(req: Request<Incoming>) -> Result<Value, ApiError> {
             )
         })?
         .to_bytes();
+    if body.is_empty() {
+        // FastAPI: a required body that was not sent
+        return Err(ApiError::Validation(vec![validation_item(
+            "missing",
+            json!(["body"]),
+            "Field required",
+            Value::Null,
+        )]));
+    }
     serde_json::from_slice(&body).map_err(|e| {
         ApiError::Validation(vec![json!({
             "type": "json_invalid",
@@ -117,14 +137,18 @@ pub async fn read_json(req: Request<Incoming>) -> Result<Value, ApiError> {
     })
 }
 
-/// Parse an integer path parameter; failure → 422 `int_parsing` at `["path", name]`.
+/// Parse an integer path parameter (leniently, like Pydantic); not an integer → 422
+/// `int_parsing` at `["path", name]`. An integer outside the `integer` column range names no
+/// row: 404.
 pub fn path_int(s: &str, name: &str) -> Result<i32, ApiError> {
-    s.parse::<i32>().map_err(|_| {
-        ApiError::Validation(vec![validation_item(
-            "int_parsing",
+    let raw = json!(s);
+    match super::body::lax_int(&raw) {
+        Ok(n) => i32::try_from(n).map_err(|_| ApiError::not_found()),
+        Err((kind, msg)) => Err(ApiError::Validation(vec![validation_item(
+            kind,
             json!(["path", name]),
-            "Input should be a valid integer, unable to parse string as an integer",
-            json!(s),
-        )])
-    })
+            msg,
+            raw,
+        )])),
+    }
 }

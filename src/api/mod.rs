@@ -8,6 +8,7 @@
 mod auth;
 mod body;
 pub mod http;
+pub mod legacy;
 pub mod openapi;
 mod v1;
 
@@ -77,7 +78,13 @@ async fn dispatch(st: &AppState, req: Request<Incoming>) -> Result<Resp, ApiErro
         );
         return Ok(r);
     }
-    let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    // decode like Starlette does before routing (`/pools/pool%20a` names `pool a`)
+    let decoded: Vec<String> = path
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .map(percent_decode)
+        .collect();
+    let segs: Vec<&str> = decoded.iter().map(String::as_str).collect();
     match segs.as_slice() {
         ["openapi.json"] | ["api", "v1", "openapi.json"] => {
             Ok(json_response(StatusCode::OK, &openapi::document()))
@@ -86,6 +93,26 @@ async fn dispatch(st: &AppState, req: Request<Incoming>) -> Result<Resp, ApiErro
         ["api", "v1", rest @ ..] => v1::route(st, req, rest).await,
         _ => Err(ApiError::not_found()),
     }
+}
+
+/// Percent-decode one path segment (invalid escapes and non-UTF-8 are kept as they are).
+pub fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            let hex = |c: u8| (c as char).to_digit(16);
+            if let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2])) {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8(out).unwrap_or_else(|_| s.to_string())
 }
 
 /// Handle one request: dispatch, map errors, add `X-Request-Id`, log.

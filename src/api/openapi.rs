@@ -38,6 +38,23 @@ fn auth() -> Value {
     json!([{"HTTPBasic": []}])
 }
 
+/// Regex of the parts of upstream's durations (compat spec §3.1): `[N w] [N d] [N h] [N m]
+/// [N s] [N ms]`, in this order, case-insensitive, at least one.
+fn duration_parts() -> String {
+    const UNITS: [&str; 6] = ["[wW]", "[dD]", "[hH]", "[mM]", "[sS]", "[mM][sS]"];
+    let part = |u: &str| format!("\\d+\\s*{u}");
+    let alternatives: Vec<String> = (0..UNITS.len())
+        .map(|first| {
+            let mut alt = part(UNITS[first]);
+            for u in &UNITS[first + 1..] {
+                alt.push_str(&format!("(\\s*{})?", part(u)));
+            }
+            alt
+        })
+        .collect();
+    format!("({})", alternatives.join("|"))
+}
+
 /// The document.
 pub fn document() -> Value {
     let timestamps = json!({
@@ -89,6 +106,103 @@ pub fn document() -> Value {
         session_props.insert(k.into(), v);
     }
     let action = |a: &str| json!({"type": "string", "enum": [a]});
+    // every property but `api_key` (only in create/update responses) is always present
+    let required = |props: &serde_json::Map<String, Value>| -> Value {
+        json!(props.keys().filter(|k| *k != "api_key").collect::<Vec<_>>())
+    };
+    let tenant_required = required(&tenant_props);
+    let node_required = required(&node_props);
+    let session_node_required = required(node_base.as_object().expect("object"));
+    let session_required = required(&session_props);
+    let update_keys = [
+        "ssh_key",
+        "api_key",
+        "node_quota",
+        "session_lifetime",
+        "session_lifetime_max",
+    ];
+    let lifetime = json!({"anyOf": [
+        {"type": "number", "minimum": 0, "maximum": crate::tenant::MAX_LIFETIME.as_secs()},
+        {"type": "string", "description": "a duration like `6h`, `1h30m`, `2w3d` or a number of seconds",
+         "pattern": format!("^\\s*\\+?(\\d+|\\d+\\.\\d*|\\.\\d+|\\s*{})\\s*$", duration_parts())},
+        {"type": "null"}]});
+    let quota = json!({"type": ["integer", "null"], "exclusiveMinimum": 0, "maximum": i32::MAX});
+    let mut schemas = json!({
+                "HTTPError": {"type": "object", "required": ["detail"], "properties": {"detail": {"type": "string"}}},
+                "ValidationError": {"type": "object", "required": ["loc", "msg", "type"],
+                    "properties": {"loc": {"type": "array", "items": {"anyOf": [{"type": "string"}, {"type": "integer"}]}},
+                                   "msg": {"type": "string"}, "type": {"type": "string"}}},
+                "HTTPValidationError": {"type": "object", "properties": {"detail": {"anyOf": [
+                    {"type": "array", "items": {"$ref": "#/components/schemas/ValidationError"}}, {"type": "string"}]}}},
+                "NodeState": {"type": "string", "enum": ["unused", "provisioning", "ready", "contextualizing", "deployed", "deprovisioning", "done", "failed"]},
+                "NodesSpec": {"type": "object", "required": ["quantity", "pool"],
+                    "properties": {"quantity": {"type": "integer", "minimum": 1, "maximum": i32::MAX}, "pool": {"type": "string"}}},
+                "SessionCreateModel": {"type": "object", "required": ["nodes_specs"],
+                    "properties": {"tenant_id": nullable("integer"),
+                                   "nodes_specs": {"type": "array", "items": {"$ref": "#/components/schemas/NodesSpec"}}}},
+                "SessionUpdateModel": {"type": "object", "properties": {
+                    "active": nullable("boolean"),
+                    "expires_at": {"anyOf": [{"type": "string", "format": "date-time"},
+                                             {"type": "string", "pattern": format!("^\\s*[+-]\\s*{}\\s*$", duration_parts())},
+                                             {"type": "null"}]}}}
+    });
+    let more = json!({
+                "TenantModel": {"type": "object", "required": tenant_required, "properties": tenant_props},
+                "NodeModel": {"type": "object", "required": node_required, "properties": node_props},
+                "SessionNodeModel": {"type": "object", "required": session_node_required, "properties": node_base},
+                "SessionModel": {"type": "object", "required": session_required, "properties": session_props},
+                "NodeCreateModel": {"type": "object", "required": ["hostname", "ipaddr"], "properties": {
+                    "hostname": {"type": "string"}, "ipaddr": {"type": "string", "anyOf": [{"format": "ipv4"}, {"format": "ipv6"}]},
+                    "comment": nullable("string"), "pool": nullable("string"), "reusable": {"type": "boolean", "default": true},
+                    "data": {"type": "object", "default": {}}}},
+                "TenantCreateModel": {"type": "object", "required": ["name", "ssh_key"], "properties": {
+                    "name": {"type": "string", "pattern": "^[^:\\s\\x00-\\x1f\\x7f-\\x9f]+$",
+                             "description": "HTTP Basic user name: no `:`, whitespace or control characters, at most 255 bytes"},
+                    "ssh_key": {"type": "string", "description": "OpenSSH public key(s), one per line"},
+                    "is_admin": {"type": ["boolean", "null"], "default": false},
+                    "node_quota": quota,
+                    "session_lifetime": lifetime,
+                    "session_lifetime_max": lifetime}},
+                "TenantUpdateModel": {"type": "object",
+                    "anyOf": update_keys.iter().map(|k| json!({"required": [k]})).collect::<Vec<_>>(),
+                    "properties": {
+                        "ssh_key": nullable("string"),
+                        "api_key": {"anyOf": [{"type": "string", "format": "uuid"}, {"type": "string", "enum": ["reset"]}, {"type": "null"}]},
+                        "node_quota": quota,
+                        "session_lifetime": lifetime,
+                        "session_lifetime_max": lifetime}},
+                "TenantRetireModel": {"type": "object", "required": ["active"], "properties": {"active": {"type": "boolean"}}},
+                "TenantUpdateOrRetireModel": {"anyOf": [
+                    {"$ref": "#/components/schemas/TenantUpdateModel"},
+                    {"$ref": "#/components/schemas/TenantRetireModel"}]},
+                "PoolConciseModel": {"type": "object", "required": ["name", "fill-level"],
+                    "properties": {"name": {"type": "string"}, "fill-level": {"type": "integer"}}},
+                "PoolVerboseModel": {"type": "object", "required": ["name", "fill-level", "levels"],
+                    "properties": {"name": {"type": "string"}, "fill-level": {"type": "integer"},
+                                   "levels": {"type": "object", "properties": {
+                                       "provisioning": {"type": "integer"}, "ready": {"type": "integer"},
+                                       "contextualizing": {"type": "integer"}, "deployed": {"type": "integer"},
+                                       "deprovisioning": {"type": "integer"}}}}},
+                "SessionResult": {"type": "object", "required": ["action", "session"],
+                    "properties": {"action": {"type": "string"}, "session": {"$ref": "#/components/schemas/SessionModel"}}},
+                "SessionResultCollection": {"type": "object", "required": ["action", "sessions"],
+                    "properties": {"action": action("get"), "sessions": {"type": "array", "items": {"$ref": "#/components/schemas/SessionModel"}}}},
+                "PoolResult": {"type": "object", "required": ["action", "pool"],
+                    "properties": {"action": action("get"), "pool": {"$ref": "#/components/schemas/PoolVerboseModel"}}},
+                "PoolResultCollection": {"type": "object", "required": ["action", "pools"],
+                    "properties": {"action": action("get"), "pools": {"type": "array", "items": {"$ref": "#/components/schemas/PoolConciseModel"}}}},
+                "NodeResult": {"type": "object", "required": ["action", "node"],
+                    "properties": {"action": {"type": "string"}, "node": {"$ref": "#/components/schemas/NodeModel"}}},
+                "NodeResultCollection": {"type": "object", "required": ["action", "nodes"],
+                    "properties": {"action": action("get"), "nodes": {"type": "array", "items": {"$ref": "#/components/schemas/NodeModel"}}}},
+                "TenantResult": {"type": "object", "required": ["action", "tenant"],
+                    "properties": {"action": {"type": "string"}, "tenant": {"$ref": "#/components/schemas/TenantModel"}}},
+                "TenantResultCollection": {"type": "object", "required": ["action", "tenants"],
+                    "properties": {"action": action("get"), "tenants": {"type": "array", "items": {"$ref": "#/components/schemas/TenantModel"}}}}
+    });
+    if let (Value::Object(a), Value::Object(b)) = (&mut schemas, more) {
+        a.extend(b);
+    }
     json!({
         "openapi": "3.1.0",
         "info": {"title": "Duffy", "version": crate::UPSTREAM_VERSION,
@@ -151,68 +265,7 @@ pub fn document() -> Value {
         },
         "components": {
             "securitySchemes": {"HTTPBasic": {"type": "http", "scheme": "basic"}},
-            "schemas": {
-                "HTTPError": {"type": "object", "required": ["detail"], "properties": {"detail": {"type": "string"}}},
-                "ValidationError": {"type": "object", "required": ["loc", "msg", "type"],
-                    "properties": {"loc": {"type": "array", "items": {"anyOf": [{"type": "string"}, {"type": "integer"}]}},
-                                   "msg": {"type": "string"}, "type": {"type": "string"}}},
-                "HTTPValidationError": {"type": "object", "properties": {"detail": {"anyOf": [
-                    {"type": "array", "items": {"$ref": "#/components/schemas/ValidationError"}}, {"type": "string"}]}}},
-                "NodeState": {"type": "string", "enum": ["unused", "provisioning", "ready", "contextualizing", "deployed", "deprovisioning", "done", "failed"]},
-                "NodesSpec": {"type": "object", "required": ["quantity", "pool"],
-                    "properties": {"quantity": {"type": "integer", "minimum": 1}, "pool": {"type": "string"}}},
-                "SessionCreateModel": {"type": "object", "required": ["nodes_specs"],
-                    "properties": {"tenant_id": nullable("integer"),
-                                   "nodes_specs": {"type": "array", "items": {"$ref": "#/components/schemas/NodesSpec"}}}},
-                "SessionUpdateModel": {"type": "object", "properties": {
-                    "active": nullable("boolean"),
-                    "expires_at": {"anyOf": [{"type": "string", "format": "date-time"},
-                                             {"type": "string", "pattern": "^\\s*[+-]\\s*(\\d+\\s*w)?\\s*(\\d+\\s*d)?\\s*(\\d+\\s*h)?\\s*(\\d+\\s*m)?\\s*(\\d+\\s*s)?\\s*(\\d+\\s*ms)?\\s*$"},
-                                             {"type": "null"}]}}},
-                "TenantModel": {"type": "object", "properties": tenant_props},
-                "NodeModel": {"type": "object", "properties": node_props},
-                "SessionNodeModel": {"type": "object", "properties": node_base},
-                "SessionModel": {"type": "object", "properties": session_props},
-                "NodeCreateModel": {"type": "object", "required": ["hostname", "ipaddr"], "properties": {
-                    "hostname": {"type": "string"}, "ipaddr": {"type": "string", "anyOf": [{"format": "ipv4"}, {"format": "ipv6"}]},
-                    "comment": nullable("string"), "pool": nullable("string"), "reusable": {"type": "boolean", "default": true},
-                    "data": {"type": "object", "default": {}}}},
-                "TenantCreateModel": {"type": "object", "required": ["name", "ssh_key"], "properties": {
-                    "name": {"type": "string"}, "ssh_key": {"type": "string"}, "is_admin": {"type": "boolean", "default": false},
-                    "node_quota": {"type": ["integer", "null"], "exclusiveMinimum": 0},
-                    "session_lifetime": {"anyOf": [{"type": "number", "minimum": 0}, {"type": "string"}, {"type": "null"}]},
-                    "session_lifetime_max": {"anyOf": [{"type": "number", "minimum": 0}, {"type": "string"}, {"type": "null"}]}}},
-                "TenantUpdateOrRetireModel": {"type": "object", "properties": {
-                    "active": {"type": "boolean"}, "ssh_key": nullable("string"),
-                    "api_key": {"anyOf": [{"type": "string", "format": "uuid"}, {"type": "string", "enum": ["reset"]}, {"type": "null"}]},
-                    "node_quota": {"type": ["integer", "null"], "exclusiveMinimum": 0},
-                    "session_lifetime": {"anyOf": [{"type": "number", "minimum": 0}, {"type": "string"}, {"type": "null"}]},
-                    "session_lifetime_max": {"anyOf": [{"type": "number", "minimum": 0}, {"type": "string"}, {"type": "null"}]}}},
-                "PoolConciseModel": {"type": "object", "required": ["name", "fill-level"],
-                    "properties": {"name": {"type": "string"}, "fill-level": {"type": "integer"}}},
-                "PoolVerboseModel": {"type": "object", "required": ["name", "fill-level", "levels"],
-                    "properties": {"name": {"type": "string"}, "fill-level": {"type": "integer"},
-                                   "levels": {"type": "object", "properties": {
-                                       "provisioning": {"type": "integer"}, "ready": {"type": "integer"},
-                                       "contextualizing": {"type": "integer"}, "deployed": {"type": "integer"},
-                                       "deprovisioning": {"type": "integer"}}}}},
-                "SessionResult": {"type": "object", "required": ["action", "session"],
-                    "properties": {"action": {"type": "string"}, "session": {"$ref": "#/components/schemas/SessionModel"}}},
-                "SessionResultCollection": {"type": "object", "required": ["action", "sessions"],
-                    "properties": {"action": action("get"), "sessions": {"type": "array", "items": {"$ref": "#/components/schemas/SessionModel"}}}},
-                "PoolResult": {"type": "object", "required": ["action", "pool"],
-                    "properties": {"action": action("get"), "pool": {"$ref": "#/components/schemas/PoolVerboseModel"}}},
-                "PoolResultCollection": {"type": "object", "required": ["action", "pools"],
-                    "properties": {"action": action("get"), "pools": {"type": "array", "items": {"$ref": "#/components/schemas/PoolConciseModel"}}}},
-                "NodeResult": {"type": "object", "required": ["action", "node"],
-                    "properties": {"action": {"type": "string"}, "node": {"$ref": "#/components/schemas/NodeModel"}}},
-                "NodeResultCollection": {"type": "object", "required": ["action", "nodes"],
-                    "properties": {"action": action("get"), "nodes": {"type": "array", "items": {"$ref": "#/components/schemas/NodeModel"}}}},
-                "TenantResult": {"type": "object", "required": ["action", "tenant"],
-                    "properties": {"action": {"type": "string"}, "tenant": {"$ref": "#/components/schemas/TenantModel"}}},
-                "TenantResultCollection": {"type": "object", "required": ["action", "tenants"],
-                    "properties": {"action": action("get"), "tenants": {"type": "array", "items": {"$ref": "#/components/schemas/TenantModel"}}}}
-            }
+            "schemas": schemas
         }
     })
 }

@@ -8,8 +8,8 @@ use hyper::body::Incoming;
 use hyper::{Method, Request, StatusCode};
 use serde_json::{json, Value};
 
-use super::body::{int_value, Body};
-use super::http::{json_response, path_int, read_json, ApiError, Resp};
+use super::body::{lax_int, Body};
+use super::http::{json_response, method_not_allowed, path_int, read_json, ApiError, Resp};
 use super::AppState;
 use crate::alloc::{self, Expiry, NodesSpec, SessionError};
 use crate::db::nodes::{self, NewNode};
@@ -18,6 +18,9 @@ use crate::state::{Actor, NodeState};
 use crate::tenant::{self, ApiKeyChange, NewTenant, Tenant, TenantChanges, TenantError, MASK};
 
 type R = Result<Resp, ApiError>;
+
+/// Largest `quantity` / `node_quota` accepted (PostgreSQL `integer`; documented in OpenAPI).
+const MAX_INT: i64 = i32::MAX as i64;
 
 fn ok(action: &str, key: &str, v: Value) -> Resp {
     json_response(StatusCode::OK, &json!({"action": action, key: v}))
@@ -131,20 +134,9 @@ pub async fn route(st: &AppState, req: Request<Incoming>, rest: &[&str]) -> R {
             Ok(ok("get", "tenant", t.to_json(false, None)))
         }
         (["tenants", id], &Method::PUT) => update_tenant(st, req, id).await,
-        (
-            ["pools"]
-            | ["pools", _]
-            | ["sessions"]
-            | ["sessions", _]
-            | ["nodes"]
-            | ["nodes", _]
-            | ["tenants"]
-            | ["tenants", _],
-            _,
-        ) => Err(ApiError::Detail(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "Method Not Allowed".into(),
-        )),
+        (["pools"] | ["pools", _] | ["nodes", _], _) => Ok(method_not_allowed("GET")),
+        (["sessions"] | ["nodes"] | ["tenants"], _) => Ok(method_not_allowed("GET, POST")),
+        (["sessions", _] | ["tenants", _], _) => Ok(method_not_allowed("GET, PUT")),
         _ => Err(ApiError::not_found()),
     }
 }
@@ -249,18 +241,23 @@ async fn create_session(st: &AppState, req: Request<Incoming>) -> R {
                         );
                         None
                     }
-                    Some(q) => match int_value(q) {
-                        Some(n) if n >= 1 => Some(n),
-                        Some(_) => {
+                    Some(q) => match lax_int(q) {
+                        Ok(n) if n < 1 => {
                             b.errors.push(json!({"type": "greater_than_equal", "loc": ["body", "nodes_specs", i, "quantity"],
                                 "msg": "Input should be greater than or equal to 1", "input": q, "ctx": {"ge": 1}}));
                             None
                         }
-                        None => {
+                        Ok(n) if n > MAX_INT => {
+                            b.errors.push(json!({"type": "less_than_equal", "loc": ["body", "nodes_specs", i, "quantity"],
+                                "msg": format!("Input should be less than or equal to {MAX_INT}"), "input": q, "ctx": {"le": MAX_INT}}));
+                            None
+                        }
+                        Ok(n) => Some(n),
+                        Err((kind, msg)) => {
                             b.err(
-                                "int_type",
+                                kind,
                                 &[json!("nodes_specs"), json!(i), json!("quantity")],
-                                "Input should be a valid integer",
+                                msg,
                                 q.clone(),
                             );
                             None
@@ -280,12 +277,21 @@ async fn create_session(st: &AppState, req: Request<Incoming>) -> R {
         ),
     }
     b.finish()?;
-    let tenant_id = match tenant_id {
-        Some(id) => Some(
-            i32::try_from(id)
-                .map_err(|_| ApiError::unprocessable(format!("can't find tenant with id {id}")))?,
-        ),
+    let tenant_id = match tenant_id.map(|id| (id, i32::try_from(id))) {
         None => None,
+        Some((_, Ok(id))) => Some(id),
+        // an id no tenant can have: what upstream answers for any absent / other tenant
+        Some((id, Err(_))) if caller.row.is_admin => {
+            return Err(ApiError::unprocessable(format!(
+                "can't find tenant with id {id}"
+            )))
+        }
+        Some((_, Err(_))) => {
+            return Err(ApiError::Detail(
+                StatusCode::FORBIDDEN,
+                "can't create session for other tenant".into(),
+            ))
+        }
     };
     let s = alloc::create(&st.db, &st.cfg, &caller, tenant_id, &specs).await?;
     Ok(created("session", s.to_json()))
@@ -311,6 +317,15 @@ pub fn parse_expiry(v: &Value) -> Option<Expiry> {
 }
 
 fn parse_iso_naive(s: &str) -> Option<chrono::NaiveDateTime> {
+    // the date/time separator may be `T`, `t`, `_` or a space (Pydantic)
+    let normalized;
+    let s = match s.as_bytes().get(10) {
+        Some(b't' | b'_' | b' ') if s.is_char_boundary(10) && s.is_char_boundary(11) => {
+            normalized = format!("{}T{}", &s[..10], &s[11..]);
+            normalized.as_str()
+        }
+        _ => s,
+    };
     // drop a trailing `Z` or `±HH:MM` offset: upstream keeps the wall-clock time as UTC
     let mut t = s
         .strip_suffix('Z')
@@ -402,8 +417,17 @@ async fn create_node(st: &AppState, req: Request<Incoming>) -> R {
     };
     let comment = b.string("comment", false);
     let pool = b.string("pool", false);
+    // `reusable` and `data` have defaults but are not nullable (upstream's NodeCreateModel)
+    if b.obj.get("reusable") == Some(&Value::Null) {
+        b.err(
+            "bool_type",
+            &[json!("reusable")],
+            "Input should be a valid boolean",
+            Value::Null,
+        );
+    }
     let reusable = b.boolean("reusable").unwrap_or(true);
-    let data = match b.get("data") {
+    let data = match b.obj.get("data") {
         None => json!({}),
         Some(d @ Value::Object(_)) => d.clone(),
         Some(other) => {
@@ -485,19 +509,19 @@ fn quota(b: &mut Body) -> Option<Option<u32>> {
     }
     match b.get("node_quota") {
         None => Some(None),
-        Some(v) => match int_value(v) {
-            Some(n) if n > 0 && n <= i32::MAX as i64 => Some(Some(n as u32)),
-            Some(_) => {
+        Some(v) => match lax_int(v) {
+            Ok(n) if n <= 0 => {
                 b.errors.push(json!({"type": "greater_than", "loc": ["body", "node_quota"], "msg": "Input should be greater than 0", "input": v, "ctx": {"gt": 0}}));
                 None
             }
-            None => {
-                b.err(
-                    "int_type",
-                    &[json!("node_quota")],
-                    "Input should be a valid integer",
-                    v.clone(),
-                );
+            Ok(n) if n > MAX_INT => {
+                b.errors.push(json!({"type": "less_than_equal", "loc": ["body", "node_quota"],
+                    "msg": format!("Input should be less than or equal to {MAX_INT}"), "input": v, "ctx": {"le": MAX_INT}}));
+                None
+            }
+            Ok(n) => Some(Some(n as u32)),
+            Err((kind, msg)) => {
+                b.err(kind, &[json!("node_quota")], msg, v.clone());
                 None
             }
         },
@@ -552,7 +576,8 @@ async fn update_tenant(st: &AppState, req: Request<Incoming>, id: &str) -> R {
     let v = read_json(req).await?;
     let mut b = Body::new(&v)?;
     let is_update = UPDATE_KEYS.iter().any(|k| b.has(k));
-    let active = b.boolean("active");
+    // with an update key the body is an update and `active` is ignored (upstream, bug 20)
+    let active = if is_update { None } else { b.boolean("active") };
     if !is_update && active.is_none() {
         b.errors.push(json!({"type": "value_error", "loc": ["body", "TenantUpdateModel"],
             "msg": "Value error, one of ssh_key, api_key, node_quota, session_lifetime, session_lifetime_max is required", "input": v}));

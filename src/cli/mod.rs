@@ -5,6 +5,7 @@
 //! configuration error.
 
 mod admin;
+mod client;
 mod configcmd;
 mod migrate;
 mod serve;
@@ -80,6 +81,10 @@ pub enum Command {
     Admin(admin::AdminArgs),
     /// Serve the REST API (and the legacy cico API when `metaclient` is configured)
     Serve(serve::ServeArgs),
+    /// Command line client for the Duffy API (tenants: pools and sessions)
+    Client(client::ClientArgs),
+    /// Serve only the legacy cico API (python-cicoclient's /Node/get, /Node/done, /Inventory)
+    ServeLegacy(serve::ServeLegacyArgs),
 }
 
 fn init_logging(level: &str) {
@@ -122,6 +127,11 @@ fn run(cli: Cli) -> CliResult {
     let level = match (&cli.loglevel, &cli.command, &loaded) {
         (Some(l), _, _) => l.clone(),
         (None, Command::Serve(_), Ok(cfg)) => cfg.app.loglevel.name().to_string(),
+        (None, Command::ServeLegacy(_), Ok(cfg)) => cfg
+            .metaclient
+            .as_ref()
+            .map_or("info", |m| m.loglevel.name())
+            .to_string(),
         _ => "warning".to_string(),
     };
     init_logging(&level);
@@ -137,6 +147,8 @@ fn run(cli: Cli) -> CliResult {
         Command::Migrate(a) => db::block_on(migrate::run(a, &cfg)),
         Command::Admin(a) => db::block_on(admin::run(a, &cfg)),
         Command::Serve(a) => serve::run(a, cfg, &level),
+        Command::Client(a) => client::run(a, &cfg),
+        Command::ServeLegacy(a) => serve::run_legacy(a, cfg, &level),
     }
 }
 

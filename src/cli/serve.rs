@@ -1,11 +1,13 @@
 //! `duffy serve`: the REST API (and, when `metaclient` is configured, the legacy cico API on
 //! its own listener). Creates the database and applies migrations first unless told not to.
+//! `duffy serve-legacy`: only the legacy cico API (upstream parity).
 
 use std::sync::Arc;
 
 use clap::Args;
 
 use super::{CliError, CliResult};
+use crate::api::legacy::Legacy;
 use crate::api::{self, AppState};
 use crate::config::Config;
 use crate::db::{self, migrate};
@@ -29,6 +31,37 @@ pub struct ServeArgs {
     /// Database connections per process
     #[arg(long, default_value_t = 16)]
     pub db_connections: usize,
+    /// Address of the legacy cico API listener (default: metaclient.host, else 127.0.0.1)
+    #[arg(long, value_name = "HOST")]
+    pub legacy_host: Option<String>,
+    /// Port of the legacy cico API listener (default: metaclient.port, else 9090)
+    #[arg(long, value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
+    pub legacy_port: Option<u16>,
+    /// Do not serve the legacy cico API even though `metaclient` is configured
+    #[arg(long, conflicts_with_all = ["legacy_host", "legacy_port"])]
+    pub no_legacy: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct ServeLegacyArgs {
+    /// Address to bind (default: metaclient.host, else 127.0.0.1)
+    #[arg(short = 'H', long)]
+    pub host: Option<String>,
+    /// Port to bind (default: metaclient.port, else 9090)
+    #[arg(short = 'p', long, value_parser = clap::value_parser!(u16).range(1..))]
+    pub port: Option<u16>,
+    /// Accepted for upstream compatibility and unused: duffy's legacy API calls the duffy
+    /// library (and database) directly instead of the REST API at this address
+    #[arg(short = 'D', long, value_name = "URL")]
+    pub dest: Option<String>,
+    /// Accepted for upstream compatibility; duffy does not reload code
+    #[arg(long, overrides_with = "no_reload", hide = true)]
+    pub reload: bool,
+    #[arg(long, hide = true)]
+    pub no_reload: bool,
+    /// Database connections per process
+    #[arg(long, default_value_t = 16)]
+    pub db_connections: usize,
 }
 
 pub fn run(a: ServeArgs, cfg: Config, loglevel: &str) -> CliResult {
@@ -40,6 +73,17 @@ pub fn run(a: ServeArgs, cfg: Config, loglevel: &str) -> CliResult {
 }
 
 async fn serve(a: ServeArgs, cfg: Config, loglevel: &str) -> CliResult {
+    // the legacy API's templates and selectors are checked before anything else
+    let legacy = if a.no_legacy {
+        None
+    } else {
+        Legacy::from_config(&cfg)?
+    };
+    if legacy.is_none() && !a.no_legacy && (a.legacy_host.is_some() || a.legacy_port.is_some()) {
+        tracing::warn!(
+            "--legacy-host/--legacy-port ignored: no `metaclient` section in the configuration"
+        );
+    }
     let host = a.host.clone().unwrap_or_else(|| cfg.app.host.clone());
     let port = a.port.unwrap_or(cfg.app.port);
     let url = cfg.database_url()?;
@@ -60,13 +104,79 @@ async fn serve(a: ServeArgs, cfg: Config, loglevel: &str) -> CliResult {
     let listener = api::bind(&host, port)
         .await
         .map_err(|e| CliError::Other(format!("cannot listen on {host}:{port}: {e}")))?;
+    let legacy = match legacy {
+        None => None,
+        Some(lg) => {
+            let m = cfg.metaclient.as_ref().expect("metaclient configured");
+            let lhost = a.legacy_host.clone().unwrap_or_else(|| m.host.clone());
+            let lport = a.legacy_port.unwrap_or(m.port);
+            let l = api::bind(&lhost, lport).await.map_err(|e| {
+                CliError::Other(format!(
+                    "cannot listen on {lhost}:{lport} (legacy cico API; --legacy-port, --no-legacy): {e}"
+                ))
+            })?;
+            Some((l, lg, lhost, lport))
+        }
+    };
     println!(" * Starting Duffy...");
     println!(" * Host address : {host}");
     println!(" * Port number  : {port}");
     println!(" * Log level    : {loglevel}");
     println!(" * Serving API docs on http://{host}:{port}/docs");
+    if let Some((_, _, lhost, lport)) = &legacy {
+        println!(" * Legacy cico API (metaclient) on http://{lhost}:{lport}/");
+    }
     let st = Arc::new(AppState::new(cfg, dbh));
+    let legacy_server = match legacy {
+        Some((l, lg, _, _)) => tokio::spawn(api::legacy::serve(l, st.clone(), Arc::new(lg))),
+        None => tokio::spawn(std::future::pending::<()>()),
+    };
     let server = tokio::spawn(api::serve_v1(listener, st));
+    tokio::select! {
+        _ = server => Err(CliError::Other("server stopped".into())),
+        _ = legacy_server => Err(CliError::Other("legacy server stopped".into())),
+        _ = shutdown_signal() => {
+            tracing::info!("shutting down");
+            Ok(())
+        }
+    }
+}
+
+/// `duffy serve-legacy`: only the legacy cico API.
+pub fn run_legacy(a: ServeLegacyArgs, cfg: Config, loglevel: &str) -> CliResult {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::Other(format!("tokio runtime: {e}")))?;
+    rt.block_on(serve_legacy(a, cfg, loglevel))
+}
+
+async fn serve_legacy(a: ServeLegacyArgs, cfg: Config, loglevel: &str) -> CliResult {
+    let Some(lg) = Legacy::from_config(&cfg)? else {
+        return Err(CliError::Usage(
+            "serve-legacy: no `metaclient` section in the configuration (usermap, poolmap)".into(),
+        ));
+    };
+    let m = cfg.metaclient.as_ref().expect("metaclient configured");
+    let host = a.host.clone().unwrap_or_else(|| m.host.clone());
+    let port = a.port.unwrap_or(m.port);
+    if a.dest.is_some() || m.dest.is_some() {
+        tracing::info!(
+            "--dest / metaclient.dest is not used: duffy's legacy API uses the database directly"
+        );
+    }
+    let dbh = super::connect(&cfg, a.db_connections).await?;
+    let listener = api::bind(&host, port)
+        .await
+        .map_err(|e| CliError::Other(format!("cannot listen on {host}:{port}: {e}")))?;
+    println!(" * Starting Duffy Metaclient for Legacy Support...");
+    println!(" * Host address        : {host}");
+    println!(" * Port number         : {port}");
+    println!(" * Destination address : (unused: duffy calls the library directly)");
+    println!(" * Log level           : {loglevel}");
+    println!(" * Serving API docs on http://{host}:{port}/docs");
+    let st = Arc::new(AppState::new(cfg, dbh));
+    let server = tokio::spawn(api::legacy::serve(listener, st, Arc::new(lg)));
     tokio::select! {
         _ = server => Err(CliError::Other("server stopped".into())),
         _ = shutdown_signal() => {

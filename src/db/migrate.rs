@@ -159,13 +159,15 @@ pub async fn run(client: &mut Client) -> Result<Report, DbError> {
         }
     }
 
-    tx.batch_execute(
-        "CREATE TABLE IF NOT EXISTS duffy_schema_migrations (
+    if !table_exists(&tx, "duffy_schema_migrations").await? {
+        tx.batch_execute(
+            "CREATE TABLE duffy_schema_migrations (
            version    integer PRIMARY KEY,
            name       text NOT NULL,
            applied_at timestamptz NOT NULL DEFAULT now())",
-    )
-    .await?;
+        )
+        .await?;
+    }
     let current = duffy_version(&tx).await?.unwrap_or(0);
     for (version, name, sql) in DUFFY_MIGRATIONS {
         if *version <= current {

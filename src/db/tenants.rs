@@ -107,10 +107,12 @@ pub async fn by_id_for_update(
     c: &impl GenericClient,
     id: i32,
 ) -> Result<Option<TenantRow>, DbError> {
-    Ok(c.query_opt(&format!("{SELECT} WHERE id = $1 FOR UPDATE"), &[&id])
-        .await?
-        .as_ref()
-        .map(TenantRow::from))
+    Ok(
+        c.query_opt(&format!("{SELECT} WHERE id = $1 FOR UPDATE"), &[&id])
+            .await?
+            .as_ref()
+            .map(TenantRow::from),
+    )
 }
 
 pub async fn by_id(c: &impl GenericClient, id: i32) -> Result<Option<TenantRow>, DbError> {

@@ -219,7 +219,10 @@ impl Server {
             if let Ok(Some(status)) = s.child.try_wait() {
                 panic!("duffy serve exited early: {status}");
             }
-            assert!(std::time::Instant::now() < deadline, "duffy serve did not start");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "duffy serve did not start"
+            );
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
         s
