@@ -7,6 +7,7 @@
 
 mod auth;
 mod body;
+pub mod coalesce;
 pub mod http;
 pub mod legacy;
 pub mod openapi;
@@ -35,6 +36,8 @@ pub struct AppState {
     pub cfg: Config,
     pub db: Db,
     pub auth: AuthCache,
+    /// in-flight per-pool level queries, shared by concurrent requests
+    pub levels: coalesce::Coalescer<Vec<(crate::state::NodeState, i64)>>,
 }
 
 impl AppState {
@@ -43,6 +46,7 @@ impl AppState {
             cfg,
             db,
             auth: AuthCache::default(),
+            levels: coalesce::Coalescer::default(),
         }
     }
 

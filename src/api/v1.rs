@@ -173,8 +173,16 @@ async fn get_pool(st: &AppState, name: &str) -> R {
     let Some(fill) = pool.fill_level else {
         return Err(ApiError::unprocessable("Unprocessable Entity"));
     };
-    let c = st.db.get().await?;
-    let counts = nodes::pool_levels(&**c, name).await?;
+    let counts = st
+        .levels
+        .run(name, || async {
+            let c = st.db.get().await.map_err(|e| e.to_string())?;
+            nodes::pool_levels(&**c, name)
+                .await
+                .map_err(|e| e.to_string())
+        })
+        .await
+        .map_err(ApiError::Internal)?;
     let mut levels = serde_json::Map::new();
     for s in NodeState::LEVELS {
         let n = counts
