@@ -5,6 +5,7 @@
 //! See ARCHITECTURE.md for the map and the invariants.
 
 pub mod alloc;
+pub mod ansible;
 pub mod api;
 pub mod apikey;
 pub mod cli;
@@ -14,6 +15,8 @@ pub mod contextualize;
 pub mod db;
 pub mod duration;
 pub mod events;
+pub mod inventory;
+pub mod ipmi;
 pub mod output;
 pub mod sshkeys;
 pub mod state;

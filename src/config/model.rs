@@ -371,22 +371,182 @@ impl Default for SchedulerConfig {
     }
 }
 
-/// `inventory` (duffy's own): the dynamic inventory's options.
+/// `inventory` (duffy's own): the dynamic inventory's options (`duffy-inventory`, see
+/// `inventory/README.md`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct InventoryConfig {
     /// node states to include (default: every state but `done`)
     #[serde(default)]
     pub states: Option<Vec<crate::state::NodeState>>,
+    /// also list retired nodes (`retired_at` set); default false
     #[serde(default)]
     pub include_retired: bool,
+    /// prepended to every generated group name (`pool_…`, `state_…`, `duffy_all`, …)
     #[serde(default)]
     pub group_prefix: String,
-    /// attribute mapping from pool names / node data (open map, see the inventory docs)
+    /// attribute name → how to derive it (group `<attr>_<value>`, hostvar `duffy_<attr>`);
+    /// absent: [`InventoryConfig::DEFAULT_ATTRIBUTES`]; `{}`: no attribute groups
     #[serde(default)]
-    pub attributes: Mapping,
-    /// group that receives `artifacts_projects_list`
+    pub attributes: Option<std::collections::BTreeMap<String, AttributeRule>>,
+    /// group that receives `artifacts_projects_list` (used verbatim: it must match the artifacts
+    /// host's group in the static inventory, e.g. `hostgroup-role-artifacts-srv`)
     pub artifacts_group: Option<String>,
+    /// time limit for connecting to PostgreSQL
+    #[serde(default = "InventoryConfig::d_connect_timeout")]
+    pub connect_timeout: ConfigDuration,
+}
+
+/// How one inventory attribute (e.g. `arch`) is derived for a node. Sources are tried in this
+/// order; the first that gives a value wins: `pools` (explicit pool → value), `pool-key` (a key
+/// of the pool's merged config, e.g. `architecture`), `data-key` (a top-level key of the node's
+/// `data`), `pool-regex` (matched against the pool name: the named group `value`, else group 1,
+/// else the whole match).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct AttributeRule {
+    #[serde(default)]
+    pub pools: std::collections::BTreeMap<String, String>,
+    pub pool_key: Option<String>,
+    pub data_key: Option<String>,
+    pub pool_regex: Option<ConfigRegex>,
+}
+
+/// A regular expression in a config file, compiled when the config is loaded.
+#[derive(Debug, Clone)]
+pub struct ConfigRegex(pub regex::Regex);
+
+impl<'de> Deserialize<'de> for ConfigRegex {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let v = Value::deserialize(d)?;
+        let Value::String(s) = &v else {
+            return Err(D::Error::custom(format!(
+                "expected a regular expression string, got {}",
+                super::merge::kind(&v)
+            )));
+        };
+        regex::Regex::new(s).map(ConfigRegex).map_err(|e| {
+            // the regex crate's messages span several lines (pattern, caret, error)
+            let text = e.to_string();
+            let last = text.lines().last().unwrap_or_default().trim();
+            let last = last.strip_prefix("error: ").unwrap_or(last);
+            D::Error::custom(format!("invalid regular expression {s:?}: {last}"))
+        })
+    }
+}
+
+impl InventoryConfig {
+    /// Attributes used when `inventory.attributes` is absent: upstream's pool naming scheme
+    /// `<virt|metal>-<provider>-<flavour>-<os>-<release>-<arch>` (compat spec §8.6), the pool
+    /// key / node data key `architecture` (upstream's `reuse-nodes` convention).
+    pub const DEFAULT_ATTRIBUTES: &'static str = r#"
+arch:
+  pool-key: architecture
+  data-key: architecture
+  pool-regex: '^(?:virt|metal)-[^-]+-[^-]+-[^-]+-[^-]+-(?P<value>[^-]+)$'
+release:
+  pool-regex: '^(?:virt|metal)-[^-]+-[^-]+-(?P<value>[^-]+-[^-]+)-[^-]+$'
+"#;
+
+    /// Attribute names that would shadow one of the inventory's own hostvars (`duffy_<name>`).
+    pub const RESERVED_ATTRIBUTES: [&'static str; 12] = [
+        "node_id",
+        "hostname",
+        "pool",
+        "state",
+        "reusable",
+        "comment",
+        "session_id",
+        "tenant",
+        "expires_at",
+        "retired_at",
+        "data",
+        "all",
+    ];
+
+    fn d_connect_timeout() -> ConfigDuration {
+        ConfigDuration(Duration::from_secs(10))
+    }
+
+    /// The node states listed: the configured ones, else every state but `done`.
+    pub fn effective_states(&self) -> Vec<crate::state::NodeState> {
+        match &self.states {
+            Some(s) => s.clone(),
+            None => crate::state::NodeState::ALL
+                .into_iter()
+                .filter(|s| *s != crate::state::NodeState::Done)
+                .collect(),
+        }
+    }
+
+    /// The attribute rules in force: the configured ones, else [`Self::DEFAULT_ATTRIBUTES`].
+    pub fn effective_attributes(&self) -> std::collections::BTreeMap<String, AttributeRule> {
+        match &self.attributes {
+            Some(a) => a.clone(),
+            None => serde_yaml::from_str(Self::DEFAULT_ATTRIBUTES).expect("default attributes"),
+        }
+    }
+
+    /// Checks serde cannot express (names usable in group names, rules with a source).
+    fn check(&self, raw: &RawConfig) -> Result<(), ConfigError> {
+        if matches!(&self.states, Some(s) if s.is_empty()) {
+            return Err(raw.invalid("inventory.states", "expected at least one node state"));
+        }
+        let valid_name = |s: &str| {
+            s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                && !s.starts_with(|c: char| c.is_ascii_digit())
+        };
+        if !self.group_prefix.is_empty() && !valid_name(&self.group_prefix) {
+            return Err(raw.invalid(
+                "inventory.group-prefix",
+                format!(
+                    "expected letters, digits and `_` only, not starting with a digit (an Ansible group name), got {:?}",
+                    self.group_prefix
+                ),
+            ));
+        }
+        if let Some(g) = &self.artifacts_group {
+            if g.is_empty()
+                || g.chars()
+                    .any(|c| c.is_whitespace() || c.is_control() || c == ':' || c == ',')
+            {
+                return Err(raw.invalid(
+                    "inventory.artifacts-group",
+                    format!("expected an Ansible group name (no spaces, `:` or `,`), got {g:?}"),
+                ));
+            }
+        }
+        for (name, rule) in self.attributes.iter().flatten() {
+            let key = format!("inventory.attributes.{name}");
+            if name.is_empty() || !valid_name(name) {
+                return Err(raw.invalid(
+                    &key,
+                    "expected an attribute name of letters, digits and `_`, not starting with a digit",
+                ));
+            }
+            if Self::RESERVED_ATTRIBUTES.contains(&name.as_str()) {
+                return Err(raw.invalid(
+                    &key,
+                    format!(
+                        "reserved: the inventory already sets duffy_{name} (reserved names: {})",
+                        Self::RESERVED_ATTRIBUTES.join(", ")
+                    ),
+                ));
+            }
+            if rule.pools.is_empty()
+                && rule.pool_key.is_none()
+                && rule.data_key.is_none()
+                && rule.pool_regex.is_none()
+            {
+                return Err(raw.invalid(
+                    &key,
+                    "expected at least one of pools, pool-key, data-key, pool-regex",
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 impl Default for InventoryConfig {
@@ -594,7 +754,7 @@ impl Config {
             has_tasks,
             nodepools,
             scheduler: section(&raw, "scheduler")?.unwrap_or_default(),
-            inventory: section(&raw, "inventory")?.unwrap_or_default(),
+            inventory: section::<InventoryConfig>(&raw, "inventory")?.unwrap_or_default(),
             ipmi: section(&raw, "ipmi")?.unwrap_or_default(),
             events: section(&raw, "events")?.unwrap_or_default(),
             contextualize: section(&raw, "contextualize")?.unwrap_or_default(),
@@ -603,6 +763,7 @@ impl Config {
                 .filter(|s| !s.is_empty()),
             raw,
         };
+        cfg.inventory.check(&cfg.raw)?;
         // The file's URL is checked even when overridden: `config check` vouches for the files.
         if let Some((key, url)) = cfg.configured_database_url() {
             crate::db::url::parse(&url).map_err(|e| cfg.raw.invalid(&key, e.to_string()))?;

@@ -405,7 +405,7 @@ fn every_known_section_is_accepted() {
          scheduler: {fill-interval: 1m, expire-interval: 30, lease: 10m, max-attempts: 3, \
                      playbook-timeout: 2h, ansible-playbook: /usr/bin/ansible-playbook, job-log-dir: /var/log/duffy}\n\
          inventory: {states: [ready, deployed], include-retired: true, group-prefix: duffy_, \
-                     attributes: {anything: [goes]}, artifacts-group: artifacts}\n\
+                     attributes: {flavour: {pool-regex: '^[^-]+-[^-]+-([^-]+)-'}}, artifacts-group: artifacts}\n\
          ipmi: {timeout: 10s, retries: 1, credentials: {bmc: {user: admin, password: pw}}}\n\
          events: {channel: other}\n",
     );
@@ -1434,5 +1434,155 @@ fn mask_url_handles_every_password_form() {
     ];
     for (input, want) in cases {
         assert_eq!(secrets::mask_url(input), want, "{input}");
+    }
+}
+
+#[test]
+fn inventory_defaults_exclude_done_and_derive_arch_and_release() {
+    use crate::state::NodeState;
+    let c = ok("");
+    let inv = &c.inventory;
+    assert!(!inv.include_retired);
+    assert_eq!(inv.group_prefix, "");
+    assert!(inv.artifacts_group.is_none());
+    assert_eq!(inv.connect_timeout, secs(10).unwrap());
+    let states = inv.effective_states();
+    assert_eq!(states.len(), 7);
+    assert!(!states.contains(&NodeState::Done));
+    let attrs = inv.effective_attributes();
+    assert_eq!(attrs.keys().collect::<Vec<_>>(), ["arch", "release"]);
+    let arch = &attrs["arch"];
+    assert_eq!(arch.pool_key.as_deref(), Some("architecture"));
+    assert_eq!(arch.data_key.as_deref(), Some("architecture"));
+    let re = &arch.pool_regex.as_ref().unwrap().0;
+    let caps = re.captures("metal-ec2-c5n-centos-10s-x86_64").unwrap();
+    assert_eq!(&caps["value"], "x86_64");
+    let re = &attrs["release"].pool_regex.as_ref().unwrap().0;
+    let caps = re.captures("virt-one-medium-centos-9s-ppc64le").unwrap();
+    assert_eq!(&caps["value"], "centos-9s");
+    assert!(re.captures("physical-centos9stream-x86_64").is_none());
+}
+
+#[test]
+fn inventory_section_is_typed() {
+    use crate::state::NodeState;
+    let c = ok("inventory:\n  states: [ready, failed]\n  include-retired: true\n  group-prefix: duffy_\n  \
+                connect-timeout: 3s\n  artifacts-group: hostgroup-role-artifacts-srv\n  attributes:\n    \
+                arch: {pools: {physical-centos9stream-x86_64: x86_64}, data-key: architecture}\n    \
+                kind: {pool-regex: '^(virt|metal)-'}\n");
+    let inv = &c.inventory;
+    assert_eq!(
+        inv.effective_states(),
+        [NodeState::Ready, NodeState::Failed]
+    );
+    assert!(inv.include_retired);
+    assert_eq!(inv.connect_timeout, secs(3).unwrap());
+    assert_eq!(
+        inv.artifacts_group.as_deref(),
+        Some("hostgroup-role-artifacts-srv")
+    );
+    let attrs = inv.effective_attributes();
+    assert_eq!(attrs.keys().collect::<Vec<_>>(), ["arch", "kind"]);
+    assert_eq!(
+        attrs["arch"].pools["physical-centos9stream-x86_64"],
+        "x86_64"
+    );
+    assert!(attrs["arch"].pool_regex.is_none());
+    // `attributes: {}` switches the defaults off
+    assert!(ok("inventory: {attributes: {}}")
+        .inventory
+        .effective_attributes()
+        .is_empty());
+    // a later file merges into the inventory section like any other
+    let c = cfg(&[
+        ("a.yaml", "inventory: {group-prefix: a_, states: [ready]}"),
+        ("b.yaml", "inventory: {group-prefix: b_}"),
+    ])
+    .unwrap();
+    assert_eq!(c.inventory.group_prefix, "b_");
+    assert_eq!(c.inventory.effective_states(), [NodeState::Ready]);
+}
+
+#[test]
+fn inventory_errors_name_the_key() {
+    let cases: &[(&str, &str, &str)] = &[
+        (
+            "inventory: {states: []}",
+            "inventory.states",
+            "expected at least one node state",
+        ),
+        (
+            "inventory: {include-retired: maybe}",
+            "inventory.include-retired",
+            "expected a boolean",
+        ),
+        (
+            "inventory: {group-prefix: 'duffy-'}",
+            "inventory.group-prefix",
+            "letters, digits and `_`",
+        ),
+        (
+            "inventory: {group-prefix: '9x'}",
+            "inventory.group-prefix",
+            "not starting with a digit",
+        ),
+        (
+            "inventory: {artifacts-group: 'a b'}",
+            "inventory.artifacts-group",
+            "no spaces",
+        ),
+        (
+            "inventory: {artifacts-group: ''}",
+            "inventory.artifacts-group",
+            "expected an Ansible group name",
+        ),
+        (
+            "inventory: {connect-timeout: soon}",
+            "inventory.connect-timeout",
+            "expected a duration",
+        ),
+        (
+            "inventory: {attributes: [arch]}",
+            "inventory.attributes",
+            "invalid type: sequence, expected a map",
+        ),
+        (
+            "inventory: {attributes: {arch: {regex: x}}}",
+            "inventory.attributes.arch.regex",
+            "unknown field `regex`",
+        ),
+        (
+            "inventory: {attributes: {arch: {}}}",
+            "inventory.attributes.arch",
+            "expected at least one of pools, pool-key, data-key, pool-regex",
+        ),
+        (
+            "inventory: {attributes: {arch: {pool-regex: '(x'}}}",
+            "inventory.attributes.arch.pool-regex",
+            "invalid regular expression \"(x\": unclosed group",
+        ),
+        (
+            "inventory: {attributes: {arch: {pool-regex: 5}}}",
+            "inventory.attributes.arch.pool-regex",
+            "expected a regular expression string, got a number",
+        ),
+        (
+            "inventory: {attributes: {arch: {pools: {p: [x]}}}}",
+            "inventory.attributes.arch.pools.p",
+            "invalid type: sequence, expected a string",
+        ),
+        (
+            "inventory: {attributes: {os-release: {data-key: os}}}",
+            "inventory.attributes.os-release",
+            "expected an attribute name",
+        ),
+        (
+            "inventory: {attributes: {pool: {data-key: p}}}",
+            "inventory.attributes.pool",
+            "reserved: the inventory already sets duffy_pool",
+        ),
+    ];
+    for (text, key, expected) in cases {
+        assert_msg(&err(&[("t.yaml", text)]), "t.yaml", key, expected);
     }
 }

@@ -7,6 +7,7 @@
 //! (functions take any `GenericClient`, so they compose inside a transaction).
 
 pub mod audit;
+pub mod inventory;
 pub mod migrate;
 pub mod nodes;
 pub mod sessions;

@@ -103,6 +103,96 @@ pub async fn get(c: &impl GenericClient, id: i32) -> Result<Option<Node>, DbErro
     .map(Node::from))
 }
 
+/// Non-retired nodes named `hostname`, in id order (the partial unique index allows several
+/// while some are `provisioning`/`failed`).
+pub async fn find_active_by_hostname(
+    c: &impl GenericClient,
+    hostname: &str,
+) -> Result<Vec<Node>, DbError> {
+    let rows = c
+        .query(
+            &format!(
+                "SELECT {COLUMNS} FROM nodes WHERE hostname = $1 AND retired_at IS NULL ORDER BY id"
+            ),
+            &[&hostname],
+        )
+        .await?;
+    Ok(rows.iter().map(Node::from).collect())
+}
+
+/// One node by id, its row locked until the end of the caller's transaction.
+pub async fn get_for_update(c: &impl GenericClient, id: i32) -> Result<Option<Node>, DbError> {
+    Ok(c.query_opt(
+        &format!("SELECT {COLUMNS} FROM nodes WHERE id = $1 FOR UPDATE"),
+        &[&id],
+    )
+    .await?
+    .as_ref()
+    .map(Node::from))
+}
+
+/// Changes of a node's columns that keep its state (None = leave as is).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct NodeUpdate {
+    pub hostname: Option<Option<String>>,
+    pub ipaddr: Option<Option<String>>,
+    pub pool: Option<Option<String>>,
+    pub comment: Option<Option<String>>,
+    pub reusable: Option<bool>,
+    /// the whole new `data` (callers merge under the row lock of [`get_for_update`])
+    pub data: Option<Json>,
+    /// set `retired_at` to now (UTC) if it is not set
+    pub retire: bool,
+}
+
+impl NodeUpdate {
+    pub fn is_empty(&self) -> bool {
+        *self == NodeUpdate::default()
+    }
+}
+
+/// Change columns of node `id` other than `state` (only [`transition`] changes states).
+/// Returns the updated row, or None if there is no such node.
+pub async fn update_columns(
+    c: &impl GenericClient,
+    id: i32,
+    u: &NodeUpdate,
+) -> Result<Option<Node>, DbError> {
+    let empty = Json::Object(Default::default());
+    Ok(c.query_opt(
+        &format!(
+            "UPDATE nodes SET
+               hostname = CASE WHEN $2 THEN $3 ELSE hostname END,
+               ipaddr   = CASE WHEN $4 THEN $5 ELSE ipaddr END,
+               pool     = CASE WHEN $6 THEN $7 ELSE pool END,
+               comment  = CASE WHEN $8 THEN $9 ELSE comment END,
+               reusable = COALESCE($10, reusable),
+               data     = CASE WHEN $11 THEN $12::json ELSE data END,
+               retired_at = CASE WHEN $13 THEN COALESCE(retired_at, now() AT TIME ZONE 'utc')
+                            ELSE retired_at END
+             WHERE id = $1 RETURNING {COLUMNS}"
+        ),
+        &[
+            &id,
+            &u.hostname.is_some(),
+            &u.hostname.clone().flatten(),
+            &u.ipaddr.is_some(),
+            &u.ipaddr.clone().flatten(),
+            &u.pool.is_some(),
+            &u.pool.clone().flatten(),
+            &u.comment.is_some(),
+            &u.comment.clone().flatten(),
+            &u.reusable,
+            &u.data.is_some(),
+            &u.data.as_ref().unwrap_or(&empty),
+            &u.retire,
+        ],
+    )
+    .await?
+    .as_ref()
+    .map(Node::from))
+}
+
 /// Column changes made together with a transition (None = leave as is).
 #[derive(Debug, Clone, Default)]
 pub struct NodeChanges {

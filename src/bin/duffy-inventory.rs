@@ -1,0 +1,59 @@
+//! `duffy-inventory`: the Ansible / AWX dynamic inventory over the duffy database.
+//!
+//! Ansible runs it as `duffy-inventory --list` (or `--host NAME`) with no other argument, so the
+//! config comes from the usual lookup (`$DUFFY_CONFIG`, else `/etc/duffy` + `~/.config/duffy`)
+//! and `$DUFFY_DATABASE_URL`. On failure: one line on stderr, exit 1 (2 for configuration);
+//! nothing on stderr otherwise (Ansible prints any stderr as an error). See inventory/README.md.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use duffy::inventory::{self, Query};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "duffy-inventory",
+    version,
+    about = "Ansible dynamic inventory over the duffy database (groups by pool, state, tenant, session)"
+)]
+struct Args {
+    /// Print every group and all hosts' variables (what Ansible calls)
+    #[arg(long, required_unless_present = "host", conflicts_with = "host")]
+    list: bool,
+    /// Print the variables of one host (`{}` if unknown)
+    #[arg(long, value_name = "NAME")]
+    host: Option<String>,
+    /// Config file or directory (repeatable; default: $DUFFY_CONFIG, else /etc/duffy and ~/.config/duffy)
+    #[arg(short = 'c', long = "config", value_name = "FILE|DIR")]
+    config: Vec<PathBuf>,
+    /// Indent the JSON
+    #[arg(long)]
+    pretty: bool,
+}
+
+fn main() -> ExitCode {
+    let args = match Args::try_parse() {
+        Ok(a) => a,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
+        }
+    };
+    let query = match args.host {
+        Some(h) => Query::Host(h),
+        None => Query::List,
+    };
+    match inventory::run(&args.config, &query, args.pretty) {
+        Ok(json) => {
+            // a closed pipe (`| head`) is not worth a message
+            let _ = std::io::stdout().lock().write_all(&json);
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("duffy-inventory: {}", e.to_string().replace('\n', " "));
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
