@@ -247,3 +247,72 @@ fn machine_formats() {
         "{out}"
     );
 }
+
+/// Seed SOP "Retiring a node pool": `duffy admin remove-pool` replaces remove-pool.sh, in one
+/// transaction, refusing while the pool is configured or in use, keeping spare hardware.
+#[test]
+fn remove_pool_deletes_history_in_one_transaction() {
+    let tdb = TestDb::migrated();
+    let cfg = TestConfig::new(&tdb.url, &pools_yaml(&[("keep", 1)]));
+    let c = Some(cfg.path.as_path());
+    create_tenant(&cfg.path, "t", &[]);
+    tdb.exec(
+        "INSERT INTO nodes (id, hostname, ipaddr, state, pool, reusable, retired_at) VALUES
+           (1, 'a1', '127.3.0.1', 'ready', 'old', false, NULL),
+           (2, 'a2', '127.3.0.2', 'done', NULL, false, now()),
+           (3, 'spare', '127.3.0.3', 'unused', NULL, true, NULL),
+           (4, 'k1', '127.3.0.4', 'deployed', 'keep', false, NULL);
+         SELECT setval('nodes_id_seq', 10);
+         INSERT INTO sessions (id, tenant_id, expires_at, data, retired_at) VALUES
+           (1, 1, now(), '{\"nodes_specs\": [{\"quantity\": 1, \"pool\": \"old\"}]}', now()),
+           (2, 1, now(), '{\"nodes_specs\": [{\"quantity\": 1, \"pool\": \"old\"}]}', now()),
+           (3, 1, now() + interval '1 hour', '{\"nodes_specs\": [{\"quantity\": 1, \"pool\": \"keep\"}]}', NULL);
+         INSERT INTO sessions_nodes (session_id, node_id, pool) VALUES (1, 2, 'old'), (2, 3, 'old'), (3, 4, 'keep');",
+    );
+    let snapshot = || {
+        tdb.query_strings(
+            "SELECT (SELECT string_agg(id::text, ',' ORDER BY id) FROM nodes) || ' / ' ||
+                    (SELECT string_agg(id::text, ',' ORDER BY id) FROM sessions) || ' / ' ||
+                    (SELECT count(*) FROM sessions_nodes)",
+        )[0]
+        .clone()
+        .unwrap()
+    };
+    let before = snapshot();
+    assert_eq!(before, "1,2,3,4 / 1,2,3 / 3");
+
+    // still configured → refused
+    let o = duffy(c, &["admin", "remove-pool", "keep"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("still configured"), "{}", stderr(&o));
+    // in use by an active session → refused even with --force, nothing changed
+    let o = duffy(c, &["admin", "remove-pool", "--force", "keep"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("active sessions still hold nodes of this pool: 3"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(snapshot(), before);
+
+    let o = duffy(c, &["admin", "remove-pool", "--dry-run", "old"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        stdout(&o).trim(),
+        "OK: old: would remove 2 session links, 2 sessions, 2 nodes (dry run, nothing changed)"
+    );
+    assert_eq!(snapshot(), before);
+
+    let o = duffy(c, &["admin", "remove-pool", "old"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        stdout(&o).trim(),
+        "OK: old: removed 2 session links, 2 sessions, 2 nodes"
+    );
+    // the ready and the done node of the pool are gone; the spare reusable node and the other
+    // pool's data stay
+    assert_eq!(snapshot(), "3,4 / 3 / 1");
+    let audit =
+        tdb.query_strings("SELECT detail->>'pool' FROM duffy_audit_log WHERE entity = 'pool'");
+    assert_eq!(audit[0].as_deref(), Some("old"));
+}

@@ -93,6 +93,16 @@ pub enum AdminCmd {
     UnretireTenant { name: String },
     /// Give a tenant a new random API key and print it once
     ResetApiKey { name: String },
+    /// Delete a retired pool's data (SOP "Retiring a node pool"; replaces remove-pool.sh)
+    RemovePool {
+        /// Show what would be deleted, change nothing
+        #[arg(long)]
+        dry_run: bool,
+        /// Also when the pool is still in the configuration
+        #[arg(long)]
+        force: bool,
+        pool: String,
+    },
 }
 
 fn is_none_word(s: &str) -> bool {
@@ -371,7 +381,75 @@ pub async fn run(a: AdminArgs, cfg: &Config) -> CliResult {
                 print_doc(fmt, "put", &t, false, Some(json!(key)));
             }
         }
+        AdminCmd::RemovePool {
+            dry_run,
+            force,
+            pool,
+        } => remove_pool(&db, cfg, &pool, dry_run, force).await?,
     }
+    Ok(())
+}
+
+async fn remove_pool(
+    db: &crate::db::Db,
+    cfg: &Config,
+    pool: &str,
+    dry_run: bool,
+    force: bool,
+) -> CliResult {
+    use crate::db::{audit, pools};
+    if pool.trim().is_empty() {
+        return Err(CliError::Usage("POOL: must not be empty".into()));
+    }
+    if cfg.pool(pool).is_some() && !force {
+        return Err(CliError::Failed {
+            what: pool.to_string(),
+            detail: "the pool is still configured: remove it from the nodepools config and deploy that first (or use --force)".into(),
+        });
+    }
+    let mut conn = db.get().await?;
+    let tx = conn.transaction().await.map_err(crate::db::DbError::from)?;
+    tx.execute(
+        "SELECT pg_advisory_xact_lock(hashtext('duffy remove-pool ' || $1))",
+        &[&pool],
+    )
+    .await
+    .map_err(crate::db::DbError::from)?;
+    let active = pools::active_sessions(&*tx, pool).await?;
+    if !active.is_empty() {
+        return Err(CliError::Failed {
+            what: pool.to_string(),
+            detail: format!(
+                "active sessions still hold nodes of this pool: {} (retire them first)",
+                active
+                    .iter()
+                    .map(|i| i.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        });
+    }
+    let r = pools::remove(&*tx, pool).await?;
+    let summary = format!(
+        "{} session links, {} sessions, {} nodes",
+        r.session_links, r.sessions, r.nodes
+    );
+    if dry_run {
+        tx.rollback().await.map_err(crate::db::DbError::from)?;
+        println!("OK: {pool}: would remove {summary} (dry run, nothing changed)");
+        return Ok(());
+    }
+    audit::record(
+        &*tx,
+        audit::Entity::Pool,
+        None,
+        "remove",
+        "cli",
+        json!({"pool": pool, "session_links": r.session_links, "sessions": r.sessions, "nodes": r.nodes}),
+    )
+    .await?;
+    tx.commit().await.map_err(crate::db::DbError::from)?;
+    println!("OK: {pool}: removed {summary}");
     Ok(())
 }
 

@@ -10,6 +10,7 @@ pub mod audit;
 pub mod inventory;
 pub mod migrate;
 pub mod nodes;
+pub mod pools;
 pub mod sessions;
 pub mod tenants;
 pub mod url;
