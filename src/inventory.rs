@@ -23,6 +23,7 @@
 //!   Ansible then never evaluates them as Jinja templates (script inventories are trusted).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::io::Write;
 use std::path::PathBuf;
 
 use serde_json::{Map, Value as Json};
@@ -80,26 +81,36 @@ pub enum Query {
 }
 
 /// The whole job of `duffy-inventory`: load the config (explicit paths, else the usual lookup),
-/// read the database on a current-thread runtime over one connection, render the JSON document.
+/// read the database on a current-thread runtime over one connection, write the JSON document
+/// to `out` (nothing is written when an error is returned).
 pub fn run(
     config_paths: &[PathBuf],
     query: &Query,
     pretty: bool,
-) -> Result<Vec<u8>, InventoryError> {
+    out: &mut dyn Write,
+) -> Result<(), InventoryError> {
     let cfg = config::load(config_paths)?;
     let inv = db::block_on(load(&cfg))?;
-    let mut out = match query {
-        Query::List => inv.list_json(),
-        Query::Host(h) => inv.host_json(h),
+    let written = if pretty {
+        let doc = match query {
+            Query::List => inv.list_json(),
+            Query::Host(h) => inv.host_json(h),
+        };
+        let v: Json = serde_json::from_slice(&doc).expect("valid JSON");
+        serde_json::to_writer_pretty(&mut *out, &v).map_err(std::io::Error::from)
+    } else {
+        match query {
+            Query::List => inv.write_list(&mut *out),
+            Query::Host(h) => out.write_all(&inv.host_json(h)),
+        }
     };
+    // a closed pipe (`| head`) is not worth a message
+    let _ = written
+        .and_then(|()| out.write_all(b"\n"))
+        .and_then(|()| out.flush());
     // a one-shot process: freeing 10 000 hosts one by one is wasted time
     std::mem::forget(inv);
-    if pretty {
-        let v: Json = serde_json::from_slice(&out).expect("valid JSON");
-        out = serde_json::to_vec_pretty(&v).expect("JSON values serialize");
-    }
-    out.push(b'\n');
-    Ok(out)
+    Ok(())
 }
 
 /// Read what the inventory needs (one connection, the queries pipelined) and build it.
@@ -108,14 +119,17 @@ pub async fn load(cfg: &Config) -> Result<Inventory, InventoryError> {
     let inv = &cfg.inventory;
     let client = db::inventory::connect(&url, inv.connect_timeout.0).await?;
     let states = inv.effective_states();
-    let nodes = db::inventory::nodes(&client, &states, inv.include_retired);
-    let (nodes, tenants) = if inv.artifacts_group.is_some() {
-        let (n, t) = tokio::try_join!(nodes, db::inventory::artifact_tenants(&client))?;
-        (n, Some(t))
+    let mut builder = Builder::new(cfg);
+    let nodes =
+        db::inventory::for_each_node(&client, &states, inv.include_retired, |n| builder.push(n));
+    let tenants = if inv.artifacts_group.is_some() {
+        let ((), t) = tokio::try_join!(nodes, db::inventory::artifact_tenants(&client))?;
+        Some(t)
     } else {
-        (nodes.await?, None)
+        nodes.await?;
+        None
     };
-    Ok(build(cfg, nodes, tenants.as_deref()))
+    Ok(builder.finish(tenants.as_deref()))
 }
 
 /// A string for Ansible: plain, or marked unsafe when Jinja could read it as a template.
@@ -165,6 +179,42 @@ fn write_int(out: &mut Vec<u8>, v: i32) {
     out.extend_from_slice(&buf[i..]);
 }
 
+/// [`crate::timefmt::iso_z`] as a JSON string, without `strftime` (it runs for every node in a
+/// session).
+fn write_time(out: &mut Vec<u8>, t: &chrono::NaiveDateTime) {
+    use chrono::{Datelike, Timelike};
+    let y = t.year();
+    if !(0..=9999).contains(&y) || t.nanosecond() >= 1_000_000_000 {
+        // beyond four digits, or a leap second: chrono's rendering
+        write_str(out, &crate::timefmt::iso_z(t));
+        return;
+    }
+    let two = |out: &mut Vec<u8>, v: u32| {
+        out.extend_from_slice(&[b'0' + (v / 10) as u8, b'0' + (v % 10) as u8])
+    };
+    out.push(b'"');
+    two(out, y as u32 / 100);
+    two(out, y as u32 % 100);
+    out.push(b'-');
+    two(out, t.month());
+    out.push(b'-');
+    two(out, t.day());
+    out.push(b'T');
+    two(out, t.hour());
+    out.push(b':');
+    two(out, t.minute());
+    out.push(b':');
+    two(out, t.second());
+    let micros = t.nanosecond() / 1000;
+    if micros != 0 {
+        out.push(b'.');
+        two(out, micros / 10_000);
+        two(out, micros / 100 % 100);
+        two(out, micros % 100);
+    }
+    out.extend_from_slice(b"Z\"");
+}
+
 fn write_opt_text(out: &mut Vec<u8>, s: Option<&str>) {
     match s {
         Some(s) => write_text(out, s),
@@ -179,24 +229,33 @@ pub fn is_secret_data_key(k: &str) -> bool {
     // lower-case into a stack buffer: no allocation for ordinary keys
     let mut buf = [0u8; 64];
     if k.len() > buf.len() {
-        return secret_lower(&k.to_ascii_lowercase());
+        return secret_lower(k.to_ascii_lowercase().as_bytes());
     }
     let lower = &mut buf[..k.len()];
     lower.copy_from_slice(k.as_bytes());
     lower.make_ascii_lowercase();
-    secret_lower(std::str::from_utf8(lower).expect("ASCII lower-casing keeps UTF-8"))
+    secret_lower(lower)
 }
 
-fn secret_lower(k: &str) -> bool {
-    k.contains("password")
-        || k.contains("passwd")
-        || k.contains("secret")
-        || k.contains("token")
-        || k.contains("private")
-        || k == "key"
-        || k.ends_with("_key")
-        || k.ends_with("-key")
-        || k.ends_with("apikey")
+/// [`is_secret_data_key`] on a lower-cased key, by hand: `str::contains` costs more to set up
+/// than these short keys take to scan.
+fn secret_lower(k: &[u8]) -> bool {
+    if k == b"key" || k.ends_with(b"_key") || k.ends_with(b"-key") || k.ends_with(b"apikey") {
+        return true;
+    }
+    (0..k.len()).any(|i| {
+        let rest = &k[i..];
+        match k[i] {
+            b'p' => {
+                rest.starts_with(b"password")
+                    || rest.starts_with(b"passwd")
+                    || rest.starts_with(b"private")
+            }
+            b's' => rest.starts_with(b"secret"),
+            b't' => rest.starts_with(b"token"),
+            _ => false,
+        }
+    })
 }
 
 /// Node `data` as shown to Ansible: secret keys dropped at every depth, strings made safe.
@@ -227,7 +286,7 @@ struct DataScan {
 /// Scan `data` (valid JSON text, as PostgreSQL stores it) without building a tree: decides
 /// whether it can be emitted verbatim, and picks the top-level values of `wanted` keys. This is
 /// the inventory's hot loop (every node, every run).
-fn scan_data(data: &str, wanted: &[&str]) -> DataScan {
+fn scan_data<W: AsRef<str>>(data: &str, wanted: &[W]) -> DataScan {
     let b = data.as_bytes();
     let mut scan = DataScan {
         needs_rewrite: false,
@@ -280,7 +339,7 @@ fn scan_data(data: &str, wanted: &[&str]) -> DataScan {
                     if escaped || is_secret_data_key(key) {
                         scan.needs_rewrite = true;
                     } else if depth == 1 {
-                        pending = wanted.iter().position(|w| *w == key);
+                        pending = wanted.iter().position(|w| w.as_ref() == key);
                     }
                 }
             }
@@ -415,87 +474,97 @@ pub fn build(
     nodes: Vec<InventoryNode>,
     tenants: Option<&[ArtifactTenant]>,
 ) -> Inventory {
-    let icfg = &cfg.inventory;
-    let prefix = icfg.group_prefix.as_str();
-    let rules = icfg.effective_attributes();
-    let attr_names: Vec<String> = rules.keys().cloned().collect();
-    let rules: Vec<&AttributeRule> = rules.values().collect();
-    // data keys to pick up while scanning `data`, and which rule uses which
-    let mut wanted: Vec<&str> = Vec::new();
-    let rule_key: Vec<Option<usize>> = rules
-        .iter()
-        .map(|r| {
-            let k = r.data_key.as_deref()?;
-            Some(wanted.iter().position(|w| *w == k).unwrap_or_else(|| {
-                wanted.push(k);
-                wanted.len() - 1
-            }))
-        })
-        .collect();
+    let mut b = Builder::new(cfg);
+    for n in nodes {
+        b.push(n);
+    }
+    b.finish(tenants)
+}
 
-    // host names: hostname, else address; on a clash the live, newest node keeps the name
-    let dead = |n: &InventoryNode| {
-        n.retired_at.is_some() || matches!(n.state, NodeState::Failed | NodeState::Done)
-    };
-    let mut nodes: Vec<(String, InventoryNode)> = nodes
-        .into_iter()
-        .filter_map(|n| {
-            let name = n
-                .hostname
-                .as_deref()
-                .or(n.ipaddr.as_deref())
-                .filter(|s| !s.is_empty())?;
-            Some((name.to_string(), n))
-        })
-        .collect();
-    nodes.sort_by(|(a, x), (b, y)| {
-        a.cmp(b)
-            .then_with(|| dead(x).cmp(&dead(y)))
-            .then_with(|| y.id.cmp(&x.id))
-    });
-    let mut prev: Option<String> = None;
-    for (name, n) in nodes.iter_mut() {
-        if prev.as_deref() == Some(name.as_str()) {
-            *name = format!("{name}~{}", n.id);
-        } else {
-            prev = Some(name.clone());
+/// The inventory, built node by node as rows arrive ([`Builder::push`]: name, data scan,
+/// attributes), then named and grouped ([`Builder::finish`]).
+pub struct Builder<'c> {
+    cfg: &'c Config,
+    attr_names: Vec<String>,
+    rules: Vec<AttributeRule>,
+    /// data keys to pick up while scanning `data`, and which rule uses which
+    wanted: Vec<String>,
+    rule_key: Vec<Option<usize>>,
+    pool_cache: HashMap<String, Vec<PoolValues>>,
+    hosts: Vec<Host>,
+}
+
+impl<'c> Builder<'c> {
+    pub fn new(cfg: &'c Config) -> Builder<'c> {
+        let rules = cfg.inventory.effective_attributes();
+        let attr_names: Vec<String> = rules.keys().cloned().collect();
+        let rules: Vec<AttributeRule> = rules.into_values().collect();
+        let mut wanted: Vec<String> = Vec::new();
+        let rule_key = rules
+            .iter()
+            .map(|r| {
+                let k = r.data_key.as_deref()?;
+                Some(wanted.iter().position(|w| w == k).unwrap_or_else(|| {
+                    wanted.push(k.to_string());
+                    wanted.len() - 1
+                }))
+            })
+            .collect();
+        Builder {
+            cfg,
+            attr_names,
+            rules,
+            wanted,
+            rule_key,
+            pool_cache: HashMap::new(),
+            hosts: Vec::new(),
         }
     }
-    nodes.sort_by(|a, b| a.0.cmp(&b.0));
 
-    // attributes and data
-    let mut pool_cache: HashMap<String, Vec<PoolValues>> = HashMap::new();
-    let mut hosts: Vec<Host> = Vec::with_capacity(nodes.len());
-    for (name, n) in nodes {
-        let scan = scan_data(&n.data, &wanted);
+    /// Take one node: named by hostname, else address (a node with neither is left out).
+    pub fn push(&mut self, n: InventoryNode) {
+        let Some(name) = n
+            .hostname
+            .as_deref()
+            .or(n.ipaddr.as_deref())
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+        else {
+            return;
+        };
+        let scan = scan_data(&n.data, &self.wanted);
         let data = scan.needs_rewrite.then(|| {
             let v: Json = serde_json::from_str(&n.data).unwrap_or(Json::Null);
             serde_json::to_string(&public_data(&v)).expect("JSON values serialize")
         });
         let pool_vals: &[PoolValues] = match n.pool.as_deref() {
             Some(p) => {
-                if !pool_cache.contains_key(p) {
-                    let v = rules.iter().map(|r| pool_values(r, cfg, p)).collect();
-                    pool_cache.insert(p.to_string(), v);
+                if !self.pool_cache.contains_key(p) {
+                    let v = self
+                        .rules
+                        .iter()
+                        .map(|r| pool_values(r, self.cfg, p))
+                        .collect();
+                    self.pool_cache.insert(p.to_string(), v);
                 }
-                &pool_cache[p]
+                &self.pool_cache[p]
             }
             None => &[],
         };
         let mut attrs = Vec::new();
-        for a in 0..rules.len() {
+        for a in 0..self.rules.len() {
             let (first, last) = pool_vals
                 .get(a)
                 .map(|(f, l)| (f.as_ref(), l.as_ref()))
                 .unzip();
-            let from_data = rule_key[a]
+            let from_data = self.rule_key[a]
                 .and_then(|k| scan.captured[k].as_ref())
                 .filter(|v| !v.is_empty());
             if let Some(v) = first.flatten().or(from_data).or(last.flatten()) {
                 attrs.push((a, v.clone()));
             }
         }
-        hosts.push(Host {
+        self.hosts.push(Host {
             name,
             node: n,
             attrs,
@@ -503,94 +572,131 @@ pub fn build(
         });
     }
 
-    // memberships
-    let mut members: BTreeMap<GroupKey, Vec<usize>> = BTreeMap::new();
-    for p in cfg.concrete_pools() {
-        members.entry(GroupKey::Pool(&p.name)).or_default();
-    }
-    let states = icfg.effective_states();
-    for s in &states {
-        members.entry(GroupKey::State(*s)).or_default();
-    }
-    for (i, h) in hosts.iter().enumerate() {
-        let n = &h.node;
-        members.entry(GroupKey::State(n.state)).or_default().push(i);
-        if let Some(p) = &n.pool {
-            members.entry(GroupKey::Pool(p)).or_default().push(i);
-        }
-        if let Some(t) = &n.tenant {
-            members.entry(GroupKey::Tenant(t)).or_default().push(i);
-        }
-        if let Some(s) = n.session_id {
-            members.entry(GroupKey::Session(s)).or_default().push(i);
-        }
-        for (a, v) in &h.attrs {
-            members.entry(GroupKey::Attr(*a, v)).or_default().push(i);
-        }
-    }
+    /// Name the hosts (clashes resolved), group them, add the artifacts variable.
+    pub fn finish(self, tenants: Option<&[ArtifactTenant]>) -> Inventory {
+        let Builder {
+            cfg,
+            attr_names,
+            mut hosts,
+            ..
+        } = self;
+        let icfg = &cfg.inventory;
+        let prefix = icfg.group_prefix.as_str();
 
-    // group names: prefixed, sanitised, unique (a clash gets _2, _3, … in key order)
-    let mut groups: BTreeMap<String, Group> = BTreeMap::new();
-    let mut taken: BTreeSet<String> = BTreeSet::new();
-    let all = sanitize(&format!("{prefix}duffy_all"));
-    taken.insert(all.clone());
-    groups.insert(
-        all,
-        Group {
-            hosts: (0..hosts.len()).collect(),
-            vars: Map::new(),
-        },
-    );
-    for (key, idx) in members {
-        let raw = match key {
-            GroupKey::Pool(p) => format!("pool_{p}"),
-            GroupKey::State(s) => format!("state_{s}"),
-            GroupKey::Tenant(t) => format!("tenant_{t}"),
-            GroupKey::Session(id) => format!("session_{id}"),
-            GroupKey::Attr(a, v) => format!("{}_{v}", attr_names[a]),
+        // on a name clash the live, newest node keeps the name; the others get `~<id>`
+        let dead = |n: &InventoryNode| {
+            n.retired_at.is_some() || matches!(n.state, NodeState::Failed | NodeState::Done)
         };
-        let base = sanitize(&format!("{prefix}{raw}"));
-        let mut name = base.clone();
-        let mut k = 2;
-        while taken.contains(&name) {
-            name = format!("{base}_{k}");
-            k += 1;
+        hosts.sort_by(|x, y| {
+            x.name
+                .cmp(&y.name)
+                .then_with(|| dead(&x.node).cmp(&dead(&y.node)))
+                .then_with(|| y.node.id.cmp(&x.node.id))
+        });
+        let mut renamed = false;
+        let mut start = 0;
+        for i in 1..hosts.len() {
+            if hosts[i].name == hosts[start].name {
+                let id = hosts[i].node.id;
+                hosts[i].name = format!("{}~{id}", hosts[i].name);
+                renamed = true;
+            } else {
+                start = i;
+            }
         }
-        taken.insert(name.clone());
+        if renamed {
+            hosts.sort_by(|x, y| x.name.cmp(&y.name));
+        }
+
+        // memberships
+        let mut members: BTreeMap<GroupKey, Vec<usize>> = BTreeMap::new();
+        for p in cfg.concrete_pools() {
+            members.entry(GroupKey::Pool(&p.name)).or_default();
+        }
+        let states = icfg.effective_states();
+        for s in &states {
+            members.entry(GroupKey::State(*s)).or_default();
+        }
+        for (i, h) in hosts.iter().enumerate() {
+            let n = &h.node;
+            members.entry(GroupKey::State(n.state)).or_default().push(i);
+            if let Some(p) = &n.pool {
+                members.entry(GroupKey::Pool(p)).or_default().push(i);
+            }
+            if let Some(t) = &n.tenant {
+                members.entry(GroupKey::Tenant(t)).or_default().push(i);
+            }
+            if let Some(s) = n.session_id {
+                members.entry(GroupKey::Session(s)).or_default().push(i);
+            }
+            for (a, v) in &h.attrs {
+                members.entry(GroupKey::Attr(*a, v)).or_default().push(i);
+            }
+        }
+
+        // group names: prefixed, sanitised, unique (a clash gets _2, _3, … in key order)
+        let mut groups: BTreeMap<String, Group> = BTreeMap::new();
+        let mut taken: BTreeSet<String> = BTreeSet::new();
+        let all = sanitize(&format!("{prefix}duffy_all"));
+        taken.insert(all.clone());
         groups.insert(
-            name,
+            all,
             Group {
-                hosts: idx,
+                hosts: (0..hosts.len()).collect(),
                 vars: Map::new(),
             },
         );
-    }
+        for (key, idx) in members {
+            let raw = match key {
+                GroupKey::Pool(p) => format!("pool_{p}"),
+                GroupKey::State(s) => format!("state_{s}"),
+                GroupKey::Tenant(t) => format!("tenant_{t}"),
+                GroupKey::Session(id) => format!("session_{id}"),
+                GroupKey::Attr(a, v) => format!("{}_{v}", attr_names[a]),
+            };
+            let base = sanitize(&format!("{prefix}{raw}"));
+            let mut name = base.clone();
+            let mut k = 2;
+            while taken.contains(&name) {
+                name = format!("{base}_{k}");
+                k += 1;
+            }
+            taken.insert(name.clone());
+            groups.insert(
+                name,
+                Group {
+                    hosts: idx,
+                    vars: Map::new(),
+                },
+            );
+        }
 
-    // the artifacts storage box: its group is named verbatim (it lives in the static inventory)
-    if let (Some(group), Some(tenants)) = (&icfg.artifacts_group, tenants) {
-        let list: Vec<Json> = tenants
-            .iter()
-            .map(|t| {
-                let mut m = Map::with_capacity(2);
-                m.insert("name".into(), text(&t.name));
-                m.insert(
-                    "ssh_keys".into(),
-                    Json::Array(ssh_keys(&t.ssh_key).iter().map(|k| text(k)).collect()),
-                );
-                Json::Object(m)
-            })
-            .collect();
-        groups
-            .entry(group.clone())
-            .or_default()
-            .vars
-            .insert(ARTIFACTS_VAR.into(), Json::Array(list));
-    }
+        // the artifacts storage box: its group is named verbatim (it lives in the static inventory)
+        if let (Some(group), Some(tenants)) = (&icfg.artifacts_group, tenants) {
+            let list: Vec<Json> = tenants
+                .iter()
+                .map(|t| {
+                    let mut m = Map::with_capacity(2);
+                    m.insert("name".into(), text(&t.name));
+                    m.insert(
+                        "ssh_keys".into(),
+                        Json::Array(ssh_keys(&t.ssh_key).iter().map(|k| text(k)).collect()),
+                    );
+                    Json::Object(m)
+                })
+                .collect();
+            groups
+                .entry(group.clone())
+                .or_default()
+                .vars
+                .insert(ARTIFACTS_VAR.into(), Json::Array(list));
+        }
 
-    Inventory {
-        attrs: attr_names,
-        groups,
-        hosts,
+        Inventory {
+            attrs: attr_names,
+            groups,
+            hosts,
+        }
     }
 }
 
@@ -645,12 +751,12 @@ impl Inventory {
         write_opt_text(out, n.tenant.as_deref());
         out.extend_from_slice(b",\"duffy_expires_at\":");
         match &n.expires_at {
-            Some(t) => write_str(out, &crate::timefmt::iso_z(t)),
+            Some(t) => write_time(out, t),
             None => out.extend_from_slice(b"null"),
         }
         if let Some(t) = &n.retired_at {
             out.extend_from_slice(b",\"duffy_retired_at\":");
-            write_str(out, &crate::timefmt::iso_z(t));
+            write_time(out, t);
         }
         for (a, v) in &h.attrs {
             out.extend_from_slice(b",\"duffy_");
@@ -666,7 +772,17 @@ impl Inventory {
     /// The `--list` document (compact JSON): every group (`hosts`, and `vars` when there are
     /// any), then `_meta.hostvars`.
     pub fn list_json(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(64 + self.hosts.len() * 1024);
+        let mut out = Vec::new();
+        self.write_list(&mut out)
+            .expect("writing to a Vec cannot fail");
+        out
+    }
+
+    /// [`Inventory::list_json`], streamed to `w` (through a small buffer: 10 000 hosts are
+    /// several MB of JSON that need not sit in memory at once).
+    pub fn write_list(&self, w: &mut dyn Write) -> std::io::Result<()> {
+        const CHUNK: usize = 64 * 1024;
+        let mut out = Vec::with_capacity(2 * CHUNK);
         out.push(b'{');
         for (name, g) in &self.groups {
             write_str(&mut out, name);
@@ -676,6 +792,10 @@ impl Inventory {
                     out.push(b',');
                 }
                 write_str(&mut out, &self.hosts[i].name);
+                if out.len() >= CHUNK {
+                    w.write_all(&out)?;
+                    out.clear();
+                }
             }
             out.push(b']');
             if !g.vars.is_empty() {
@@ -692,9 +812,13 @@ impl Inventory {
             write_str(&mut out, &h.name);
             out.push(b':');
             self.write_hostvars(h, &mut out);
+            if out.len() >= CHUNK {
+                w.write_all(&out)?;
+                out.clear();
+            }
         }
         out.extend_from_slice(b"}}}");
-        out
+        w.write_all(&out)
     }
 
     /// The `--host NAME` document: the host's variables, `{}` when unknown.
@@ -871,14 +995,36 @@ mod tests {
             r#"[{"token": 1}]"#,
             r#"{"a": "unterminated"#,
         ] {
-            assert!(scan_data(dirty, &[]).needs_rewrite, "{dirty}");
+            assert!(scan_data(dirty, &[] as &[&str]).needs_rewrite, "{dirty}");
         }
         // a brace or a secret word inside a value is fine... unless it is a `{`
-        assert!(!scan_data(r#"{"comment": "my password is not here"}"#, &[]).needs_rewrite);
-        assert!(scan_data(r#"{"comment": "x{y"}"#, &[]).needs_rewrite);
+        assert!(
+            !scan_data(r#"{"comment": "my password is not here"}"#, &[] as &[&str]).needs_rewrite
+        );
+        assert!(scan_data(r#"{"comment": "x{y"}"#, &[] as &[&str]).needs_rewrite);
         // the verbatim text and the re-encoding agree on clean data
         let v: Json = serde_json::from_str(clean).unwrap();
         assert_eq!(public_data(&v), v);
+    }
+
+    #[test]
+    fn writes_times_like_timefmt() {
+        for t in [
+            "2030-01-02 03:04:05",
+            "2030-01-01 06:30:00.25",
+            "2026-11-25 17:06:21.5929",
+            "1999-12-31 23:59:59.000001",
+            "0042-02-03 00:00:00",
+            "2016-12-31 23:59:60.5",
+        ] {
+            let t = NaiveDateTime::parse_from_str(t, "%Y-%m-%d %H:%M:%S%.f").unwrap();
+            let mut out = Vec::new();
+            write_time(&mut out, &t);
+            assert_eq!(
+                String::from_utf8(out).unwrap(),
+                format!("\"{}\"", crate::timefmt::iso_z(&t))
+            );
+        }
     }
 
     #[test]

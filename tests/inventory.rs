@@ -421,6 +421,22 @@ fn errors_are_one_line_with_a_non_zero_exit() {
         &format!("cannot connect to PostgreSQL (duffy@127.0.0.1:{port}/duffy)"),
     );
     assert!(!stderr(&o).contains("s3cret"));
+    // a server that accepts the connection and never answers: the time limit applies
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let cfg = TestConfig::new(
+        &format!("postgresql://duffy@127.0.0.1:{port}/duffy"),
+        "inventory: {connect-timeout: 1s}\n",
+    );
+    let started = std::time::Instant::now();
+    let o = inventory_cmd(Some(&cfg.path))
+        .arg("--list")
+        .output()
+        .unwrap();
+    assert_one_line_error(&o, 1, "cannot connect to PostgreSQL");
+    assert!(stderr(&o).contains("timed out after 1s"), "{}", stderr(&o));
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+    drop(silent);
     // a database without duffy's schema
     let db = TestDb::empty();
     let o = inventory_cmd(Some(dir.path()))

@@ -27,8 +27,7 @@ use std::sync::Arc;
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, ALLOW, CONTENT_TYPE, HOST, LOCATION};
 use hyper::{HeaderMap, Method, Request, StatusCode};
-use minijinja::value::ValueKind;
-use minijinja::{AutoEscape, Environment, ErrorKind, UndefinedBehavior};
+use minijinja::{Environment, ErrorKind};
 use regex::Regex;
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
@@ -38,6 +37,7 @@ use super::http::{json_response, validation_item, ApiError, Resp};
 use super::AppState;
 use crate::alloc::{self, Expiry, NodesSpec};
 use crate::config::{Config, ConfigError, MetaclientConfig, RawConfig};
+use crate::jinja::jinja2_env;
 use crate::tenant::Tenant;
 
 /// Upstream's legacy bodies.
@@ -95,26 +95,6 @@ impl std::fmt::Debug for Legacy {
 }
 
 const MANGLE: &str = "mangle_hostname";
-
-/// A minijinja environment that renders like `jinja2.Template(src).render(...)`.
-fn jinja2_env() -> Environment<'static> {
-    let mut env = Environment::new();
-    env.set_undefined_behavior(UndefinedBehavior::Lenient);
-    env.set_auto_escape_callback(|_| AutoEscape::None);
-    minijinja_contrib::add_to_environment(&mut env);
-    env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
-    // Python's str(): True / False / None
-    env.set_formatter(|out, state, value| match value.kind() {
-        ValueKind::Bool => out
-            .write_str(if value.is_true() { "True" } else { "False" })
-            .map_err(|_| minijinja::Error::from(ErrorKind::WriteFailure)),
-        ValueKind::None => out
-            .write_str("None")
-            .map_err(|_| minijinja::Error::from(ErrorKind::WriteFailure)),
-        _ => minijinja::escape_formatter(out, state, value),
-    });
-    env
-}
 
 /// Errors that a template shows whatever the request: unknown filters, tests, functions.
 fn static_template_error(e: &minijinja::Error) -> bool {

@@ -5,7 +5,6 @@
 //! and `$DUFFY_DATABASE_URL`. On failure: one line on stderr, exit 1 (2 for configuration);
 //! nothing on stderr otherwise (Ansible prints any stderr as an error). See inventory/README.md.
 
-use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -45,12 +44,10 @@ fn main() -> ExitCode {
         Some(h) => Query::Host(h),
         None => Query::List,
     };
-    match inventory::run(&args.config, &query, args.pretty) {
-        Ok(json) => {
-            // a closed pipe (`| head`) is not worth a message
-            let _ = std::io::stdout().lock().write_all(&json);
-            ExitCode::SUCCESS
-        }
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    match inventory::run(&args.config, &query, args.pretty, &mut out) {
+        Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("duffy-inventory: {}", e.to_string().replace('\n', " "));
             ExitCode::from(e.exit_code())

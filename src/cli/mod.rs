@@ -8,6 +8,7 @@ mod admin;
 mod client;
 mod configcmd;
 mod migrate;
+mod scheduler;
 mod serve;
 
 use std::path::PathBuf;
@@ -85,6 +86,8 @@ pub enum Command {
     Client(client::ClientArgs),
     /// Serve only the legacy cico API (python-cicoclient's /Node/get, /Node/done, /Inventory)
     ServeLegacy(serve::ServeLegacyArgs),
+    /// Keep pools filled, run provision/deprovision playbooks, expire sessions
+    Scheduler(scheduler::SchedulerArgs),
 }
 
 fn init_logging(level: &str) {
@@ -127,6 +130,7 @@ fn run(cli: Cli) -> CliResult {
     let level = match (&cli.loglevel, &cli.command, &loaded) {
         (Some(l), _, _) => l.clone(),
         (None, Command::Serve(_), Ok(cfg)) => cfg.app.loglevel.name().to_string(),
+        (None, Command::Scheduler(_), _) => "info".to_string(),
         (None, Command::ServeLegacy(_), Ok(cfg)) => cfg
             .metaclient
             .as_ref()
@@ -149,6 +153,7 @@ fn run(cli: Cli) -> CliResult {
         Command::Serve(a) => serve::run(a, cfg, &level),
         Command::Client(a) => client::run(a, &cfg),
         Command::ServeLegacy(a) => serve::run_legacy(a, cfg, &level),
+        Command::Scheduler(a) => scheduler::run(a, cfg),
     }
 }
 

@@ -342,6 +342,12 @@ pub struct SchedulerConfig {
     pub ansible_playbook: String,
     /// where each job's playbook output is kept
     pub job_log_dir: Option<PathBuf>,
+    /// first delay before a failed job is retried (doubled per attempt, at most 1 h)
+    #[serde(default = "SchedulerConfig::d_retry")]
+    pub retry_delay: ConfigDuration,
+    /// jobs (playbook runs) one scheduler process runs at the same time
+    #[serde(default = "SchedulerConfig::d_jobs")]
+    pub max_jobs: u32,
 }
 
 impl SchedulerConfig {
@@ -362,6 +368,12 @@ impl SchedulerConfig {
     }
     fn d_ansible() -> String {
         "ansible-playbook".into()
+    }
+    fn d_retry() -> ConfigDuration {
+        ConfigDuration(Duration::from_secs(30))
+    }
+    fn d_jobs() -> u32 {
+        8
     }
 }
 

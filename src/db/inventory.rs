@@ -5,6 +5,8 @@
 use std::time::Duration;
 
 use chrono::NaiveDateTime;
+use futures_util::TryStreamExt;
+use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, NoTls};
 
 use super::{describe, url, DbError, GenericClient};
@@ -38,15 +40,22 @@ pub struct ArtifactTenant {
     pub ssh_key: String,
 }
 
-/// Nodes in one of `states` (retired ones only if `include_retired`), in id order, each with
-/// its active session (the newest, should a node be linked to several) and that session's tenant.
-pub async fn nodes(
+/// Nodes in one of `states` (retired ones only if `include_retired`), each with its active
+/// session (the newest, should a node be linked to several) and that session's tenant, handed to
+/// `each` as they arrive — in no particular order (no sort: PostgreSQL streams the rows while
+/// the caller works on the previous ones; the inventory sorts by name anyway).
+pub async fn for_each_node(
     c: &impl GenericClient,
     states: &[NodeState],
     include_retired: bool,
-) -> Result<Vec<InventoryNode>, DbError> {
+    mut each: impl FnMut(InventoryNode),
+) -> Result<(), DbError> {
+    // states go as text and come back as text: a custom enum type would cost tokio-postgres
+    // extra round trips to look it up
+    let states: Vec<&str> = states.iter().map(|s| s.as_str()).collect();
+    let params: [&(dyn ToSql + Sync); 2] = [&states, &include_retired];
     let rows = c
-        .query(
+        .query_raw(
             "WITH cur AS (
                SELECT DISTINCT ON (sn.node_id) sn.node_id, s.id AS session_id, s.expires_at,
                       t.name AS tenant
@@ -56,21 +65,21 @@ pub async fn nodes(
                WHERE s.retired_at IS NULL
                ORDER BY sn.node_id, s.id DESC
              )
-             SELECT n.id, n.hostname, n.ipaddr, n.state, n.comment, n.pool, n.reusable, n.data::text,
+             SELECT n.id, n.hostname, n.ipaddr, n.state::text, n.comment, n.pool, n.reusable, n.data::text,
                     n.retired_at, cur.session_id, cur.expires_at, cur.tenant
              FROM nodes n LEFT JOIN cur ON cur.node_id = n.id
-             WHERE n.state = ANY($1) AND ($2 OR n.retired_at IS NULL)
-             ORDER BY n.id",
-            &[&states, &include_retired],
+             WHERE n.state = ANY($1::text[]::node_state_enum[]) AND ($2 OR n.retired_at IS NULL)",
+            params,
         )
         .await?;
-    Ok(rows
-        .iter()
-        .map(|r| InventoryNode {
+    // row by row: each row's buffer is released before the next arrives
+    let mut rows = std::pin::pin!(rows);
+    while let Some(r) = rows.try_next().await? {
+        each(InventoryNode {
             id: r.get(0),
             hostname: r.get(1),
             ipaddr: r.get(2),
-            state: r.get(3),
+            state: r.get::<_, &str>(3).parse()?,
             comment: r.get(4),
             pool: r.get(5),
             reusable: r.get(6),
@@ -79,8 +88,9 @@ pub async fn nodes(
             session_id: r.get(9),
             expires_at: r.get(10),
             tenant: r.get(11),
-        })
-        .collect())
+        });
+    }
+    Ok(())
 }
 
 /// Active (not retired), non-admin tenants in name order: the CI projects of the artifacts box.

@@ -35,8 +35,10 @@ const UPSTREAM_STEPS: [(&str, &str); 3] = [
 ];
 
 /// duffy's own migrations: (version, name, SQL). Append only; never edit a released one.
-const DUFFY_MIGRATIONS: &[(i32, &str, &str)] =
-    &[(1, "history", include_str!("sql/0001_history.sql"))];
+const DUFFY_MIGRATIONS: &[(i32, &str, &str)] = &[
+    (1, "history", include_str!("sql/0001_history.sql")),
+    (2, "jobs", include_str!("sql/0002_jobs.sql")),
+];
 
 const UPSTREAM_TABLES: [&str; 4] = ["nodes", "sessions", "sessions_nodes", "tenants"];
 const LOCK_KEY: i64 = 0x6475_6666_795f_6d67; // "duffy_mg"

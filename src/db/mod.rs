@@ -8,6 +8,7 @@
 
 pub mod audit;
 pub mod inventory;
+pub mod jobs;
 pub mod migrate;
 pub mod nodes;
 pub mod pools;
@@ -58,7 +59,7 @@ impl DbError {
     }
 }
 
-fn describe(cfg: &tokio_postgres::Config) -> String {
+pub(crate) fn describe(cfg: &tokio_postgres::Config) -> String {
     let host = cfg
         .get_hosts()
         .first()

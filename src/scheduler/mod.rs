@@ -1,0 +1,593 @@
+//! `duffy scheduler`: the replacement for upstream's celery worker (compat spec §9).
+//!
+//! One loop per process:
+//! 1. **expire** sessions whose `expires_at` passed (`expire.rs`), with a timer to the next expiry;
+//! 2. **sweep** (on start, on every NOTIFY from the API, after each job, and every
+//!    `scheduler.fill-interval` as a safety net): recover nodes left behind by crashes, **fill**
+//!    each concrete pool to its fill level (`fill.rs`) and queue **deprovision** jobs for nodes in
+//!    `deprovisioning` (`deprovision.rs`);
+//! 3. **claim** runnable jobs from `duffy_jobs` (`FOR UPDATE SKIP LOCKED`, leased) and run their
+//!    playbooks (`playbook.rs`) concurrently, renewing the lease meanwhile.
+//!
+//! Work is durable and shared: any number of schedulers may run on one database. Fill and job
+//! creation are serialised per pool by advisory transaction locks, jobs by row locks and leases.
+//! A scheduler killed at any moment leaves its job `running` with a lease that runs out; the next
+//! claim takes it over, counting the interrupted attempt, so a job is retried or given up
+//! explicitly and no node stays in `provisioning`/`deprovisioning`. No transaction is open while
+//! a playbook runs.
+
+pub mod deprovision;
+pub mod expire;
+pub mod fill;
+pub mod playbook;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use thiserror::Error;
+use tokio::task::JoinSet;
+
+use crate::config::Config;
+use crate::db::jobs::{self, Job, JobKind};
+use crate::db::nodes::{self, NodeChanges, TransitionRequest};
+use crate::db::{audit, sessions, Db, DbError};
+use crate::events::Event;
+use crate::state::{Actor, NodeState};
+
+#[derive(Debug, Error)]
+pub enum SchedulerError {
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error("{0}")]
+    Other(String),
+}
+
+impl From<tokio_postgres::Error> for SchedulerError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        SchedulerError::Db(e.into())
+    }
+}
+
+/// Finished jobs are kept this long in `duffy_jobs`.
+pub const JOB_RETENTION_DAYS: f64 = 30.0;
+
+/// What one pass (or a `--once` run) did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Report {
+    pub sessions_expired: usize,
+    pub nodes_recovered: usize,
+    pub jobs_queued: usize,
+    pub jobs_done: usize,
+    pub jobs_retried: usize,
+    pub jobs_failed: usize,
+}
+
+impl Report {
+    fn add(&mut self, o: &Report) {
+        self.sessions_expired += o.sessions_expired;
+        self.nodes_recovered += o.nodes_recovered;
+        self.jobs_queued += o.jobs_queued;
+        self.jobs_done += o.jobs_done;
+        self.jobs_retried += o.jobs_retried;
+        self.jobs_failed += o.jobs_failed;
+    }
+}
+
+/// How a job ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Done,
+    Retried,
+    Failed,
+    /// another scheduler took the job over (our lease ran out)
+    Lost,
+}
+
+/// The shared state of one scheduler process.
+pub struct Scheduler {
+    pub db: Db,
+    pub cfg: Arc<Config>,
+    /// identifies this process in `duffy_jobs.leased_by`
+    pub owner: String,
+    /// `{pool: max-parallel}` of the pools that limit their concurrent jobs
+    limits: serde_json::Value,
+    /// ids of the jobs this process is running
+    running: std::sync::Mutex<Vec<i64>>,
+}
+
+impl Scheduler {
+    pub fn new(db: Db, cfg: Arc<Config>) -> Scheduler {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|s| s.trim().to_string())
+            .unwrap_or_else(|_| "localhost".into());
+        let owner = format!(
+            "{host}:{}:{}",
+            std::process::id(),
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        );
+        let mut limits = serde_json::Map::new();
+        for p in cfg.concrete_pools() {
+            let v = p
+                .vars
+                .get("max-parallel")
+                .and_then(serde_yaml::Value::as_u64);
+            if let Some(n) = v {
+                limits.insert(p.name.clone(), json!(n.max(1)));
+            }
+        }
+        Scheduler {
+            db,
+            cfg,
+            owner,
+            limits: serde_json::Value::Object(limits),
+            running: Default::default(),
+        }
+    }
+
+    fn lease_secs(&self) -> f64 {
+        self.cfg.scheduler.lease.0.as_secs_f64().max(1.0)
+    }
+
+    /// Delay before retry number `attempt` (1-based): retry-delay × 2^(attempt−1), at most 1 h.
+    pub fn backoff(&self, attempt: i32) -> Duration {
+        let base = self.cfg.scheduler.retry_delay.0;
+        let factor = 2u32.saturating_pow((attempt.max(1) - 1).min(20) as u32);
+        base.saturating_mul(factor).min(Duration::from_secs(3600))
+    }
+
+    fn max_attempts(&self) -> i32 {
+        self.cfg.scheduler.max_attempts.max(1) as i32
+    }
+
+    /// Where the output of an attempt of a job is kept.
+    pub fn log_path(&self, job: &Job) -> PathBuf {
+        let dir = self
+            .cfg
+            .scheduler
+            .job_log_dir
+            .clone()
+            .unwrap_or_else(|| std::env::temp_dir().join("duffy-jobs"));
+        dir.join(format!(
+            "job-{}-{}-attempt-{}.log",
+            job.id,
+            job.kind.as_str(),
+            job.attempts
+        ))
+    }
+
+    /// Recover nodes that crashed processes left behind: `contextualizing` nodes of a crashed
+    /// API (no active session, or there far too long) become `failed`; `provisioning` nodes that
+    /// no job covers (crashed upstream worker) get a provision job.
+    pub async fn recover(&self) -> Result<Report, SchedulerError> {
+        let mut report = Report::default();
+        let stale = self
+            .lease_secs()
+            .max(4.0 * self.cfg.contextualize.timeout.0.as_secs_f64() + 60.0);
+        let mut conn = self.db.get().await?;
+        let tx = conn.transaction().await?;
+        jobs::lock(&*tx, "recover").await?;
+        let ids = jobs::stale_contextualizing(&*tx, stale).await?;
+        if !ids.is_empty() {
+            let now = sessions::now_utc(&*tx).await?;
+            let detail = "contextualization interrupted (API crashed?)";
+            let moved = nodes::transition(
+                &*tx,
+                &TransitionRequest {
+                    node_ids: &ids,
+                    from: &[NodeState::Contextualizing],
+                    to: NodeState::Failed,
+                    actor: Actor::Scheduler,
+                    reason: Some(detail),
+                    session_id: None,
+                    changes: NodeChanges {
+                        data_merge: Some(json!({"error": {
+                            "failed_at": now.format("%Y-%m-%dT%H:%M:%S%.6f").to_string(),
+                            "detail": detail}})),
+                        ..Default::default()
+                    },
+                },
+            )
+            .await?;
+            for m in &moved {
+                tracing::warn!(node = m.id, "{detail}: node marked failed");
+            }
+            report.nodes_recovered += moved.len();
+        }
+        let orphans = jobs::provisioning_without_job(&*tx, self.lease_secs()).await?;
+        let mut by_pool: Vec<(String, Vec<i32>)> = Vec::new();
+        let mut unknown = Vec::new();
+        for (id, pool) in orphans {
+            match pool.filter(|p| self.cfg.pool(p).is_some_and(|p| p.mechanism.is_some())) {
+                Some(p) => match by_pool.iter_mut().find(|(q, _)| *q == p) {
+                    Some((_, v)) => v.push(id),
+                    None => by_pool.push((p, vec![id])),
+                },
+                None => unknown.push(id),
+            }
+        }
+        if !unknown.is_empty() {
+            let detail = "provisioning node without a configured pool";
+            nodes::transition(
+                &*tx,
+                &TransitionRequest {
+                    node_ids: &unknown,
+                    from: &[NodeState::Provisioning],
+                    to: NodeState::Failed,
+                    actor: Actor::Scheduler,
+                    reason: Some(detail),
+                    session_id: None,
+                    changes: NodeChanges::default(),
+                },
+            )
+            .await?;
+            tracing::warn!(nodes = ?unknown, "{detail}: marked failed");
+            report.nodes_recovered += unknown.len();
+        }
+        for (pool, ids) in by_pool {
+            let run_parallel = self.cfg.pool(&pool).is_some_and(|p| p.run_parallel);
+            let groups: Vec<Vec<i32>> = if run_parallel {
+                ids.iter().map(|i| vec![*i]).collect()
+            } else {
+                vec![ids.clone()]
+            };
+            for g in groups {
+                let id = jobs::enqueue(&*tx, JobKind::Provision, &pool, &g).await?;
+                tracing::warn!(job = id, %pool, nodes = ?g, "provisioning nodes without a job: provision job queued");
+                report.jobs_queued += 1;
+                report.nodes_recovered += g.len();
+            }
+        }
+        tx.commit().await?;
+        Ok(report)
+    }
+
+    /// One sweep: recovery, fill every pool, queue deprovision jobs.
+    pub async fn sweep(&self) -> Result<Report, SchedulerError> {
+        {
+            let c = self.db.get().await?;
+            let n = jobs::prune(&**c, JOB_RETENTION_DAYS).await?;
+            if n > 0 {
+                tracing::info!("{n} finished jobs older than {JOB_RETENTION_DAYS} days deleted");
+            }
+        }
+        let mut r = self.recover().await?;
+        r.add(&deprovision::enqueue(self).await?);
+        r.add(&fill::fill_all(self).await?);
+        Ok(r)
+    }
+
+    /// Claim one runnable job, if any.
+    pub async fn claim(&self) -> Result<Option<Job>, SchedulerError> {
+        let mut conn = self.db.get().await?;
+        let tx = conn.transaction().await?;
+        if !self.limits.as_object().is_some_and(|m| m.is_empty()) {
+            // max-parallel must hold across scheduler processes
+            jobs::lock(&*tx, "claim").await?;
+        }
+        let job = jobs::claim(&*tx, &self.owner, self.lease_secs(), &self.limits).await?;
+        if let Some(j) = &job {
+            if j.taken_over {
+                self.audit(
+                    &*tx,
+                    j,
+                    "job-takeover",
+                    json!({"nodes": j.node_ids, "error": j.last_error}),
+                )
+                .await?;
+            }
+        }
+        tx.commit().await?;
+        if let Some(j) = &job {
+            if j.taken_over {
+                tracing::warn!(
+                    job = j.id, kind = j.kind.as_str(), pool = %j.pool, attempt = j.attempts,
+                    "taking over a job whose lease expired (its scheduler died)"
+                );
+            } else {
+                tracing::info!(job = j.id, kind = j.kind.as_str(), pool = %j.pool, nodes = ?j.node_ids, attempt = j.attempts, "job claimed");
+            }
+        }
+        Ok(job)
+    }
+
+    /// Run a claimed job to its outcome, renewing its lease meanwhile.
+    pub async fn run_job(self: &Arc<Self>, job: Job) -> Outcome {
+        self.running.lock().expect("lock").push(job.id);
+        let o = self.run_job_inner(&job).await;
+        self.running.lock().expect("lock").retain(|i| *i != job.id);
+        o
+    }
+
+    async fn run_job_inner(self: &Arc<Self>, job: &Job) -> Outcome {
+        let job = job.clone();
+        let me = self.clone();
+        let renew_every = Duration::from_secs_f64(self.lease_secs() / 3.0);
+        let renew = async {
+            loop {
+                tokio::time::sleep(renew_every).await;
+                match me.db.get().await {
+                    Ok(c) => match jobs::renew(&**c, job.id, &me.owner, me.lease_secs()).await {
+                        Ok(true) => {}
+                        Ok(false) => {
+                            tracing::warn!(job = job.id, "lease lost");
+                        }
+                        Err(e) => tracing::warn!(job = job.id, "renewing the lease: {e}"),
+                    },
+                    Err(e) => tracing::warn!(job = job.id, "renewing the lease: {e}"),
+                }
+            }
+        };
+        let work = async {
+            match job.kind {
+                JobKind::Provision => fill::run_provision(self, &job).await,
+                JobKind::Deprovision => deprovision::run_deprovision(self, &job).await,
+            }
+        };
+        let res = tokio::select! {
+            r = work => r,
+            _ = renew => unreachable!("renew loop never ends"),
+        };
+        match res {
+            Ok(o) => {
+                tracing::info!(job = job.id, kind = job.kind.as_str(), pool = %job.pool, outcome = ?o, "job finished");
+                o
+            }
+            Err(e) => {
+                // the database went away mid-job: the lease runs out and the job is taken over
+                tracing::error!(
+                    job = job.id,
+                    "job interrupted: {e}; it is retried when its lease expires"
+                );
+                Outcome::Lost
+            }
+        }
+    }
+
+    /// Finish an attempt that failed for `failed` nodes: retry them later, or give up at
+    /// max-attempts. Node transitions are done by the caller in the same transaction `c`.
+    pub(crate) async fn retry_or_give_up(
+        &self,
+        c: &impl crate::db::GenericClient,
+        job: &Job,
+        failed: &[i32],
+        reason: &str,
+    ) -> Result<Outcome, SchedulerError> {
+        let (outcome, ok) = if job.attempts < self.max_attempts() {
+            let delay = self.backoff(job.attempts);
+            tracing::warn!(job = job.id, pool = %job.pool, attempt = job.attempts, retry_in = ?delay, "{reason}");
+            (
+                Outcome::Retried,
+                jobs::retry(c, job.id, &self.owner, failed, delay.as_secs_f64(), reason).await?,
+            )
+        } else {
+            tracing::error!(job = job.id, pool = %job.pool, attempts = job.attempts, "giving up: {reason}");
+            (
+                Outcome::Failed,
+                jobs::give_up(c, job.id, &self.owner, reason).await?,
+            )
+        };
+        if !ok {
+            return Ok(Outcome::Lost);
+        }
+        self.audit(
+            c,
+            job,
+            if outcome == Outcome::Retried {
+                "job-retry"
+            } else {
+                "job-failed"
+            },
+            json!({"nodes": failed, "error": reason}),
+        )
+        .await?;
+        Ok(outcome)
+    }
+
+    /// One audit row about a job (entity `pool`).
+    pub(crate) async fn audit(
+        &self,
+        c: &impl crate::db::GenericClient,
+        job: &Job,
+        action: &str,
+        mut detail: serde_json::Value,
+    ) -> Result<(), SchedulerError> {
+        if let Some(m) = detail.as_object_mut() {
+            m.insert("pool".into(), json!(job.pool));
+            m.insert("job".into(), json!(job.id));
+            m.insert("kind".into(), json!(job.kind.as_str()));
+            m.insert("attempt".into(), json!(job.attempts));
+        }
+        audit::record(c, audit::Entity::Pool, None, action, "scheduler", detail).await?;
+        Ok(())
+    }
+
+    /// Did the job give up before we even start (interrupted attempts used up)?
+    pub(crate) fn exhausted(&self, job: &Job) -> bool {
+        job.attempts > self.max_attempts()
+    }
+}
+
+/// Run one pass and every job it makes runnable, then return (`duffy scheduler --once`).
+pub async fn run_once(s: Arc<Scheduler>) -> Result<Report, SchedulerError> {
+    let mut report = Report::default();
+    report.sessions_expired += expire::expire_due(&s).await?;
+    report.add(&s.sweep().await?);
+    let max = s.cfg.scheduler.max_jobs.max(1) as usize;
+    let mut set: JoinSet<Outcome> = JoinSet::new();
+    loop {
+        while set.len() < max {
+            match s.claim().await? {
+                Some(job) => {
+                    let s2 = s.clone();
+                    set.spawn(async move { s2.run_job(job).await });
+                }
+                None => break,
+            }
+        }
+        match set.join_next().await {
+            Some(r) => count(&mut report, r),
+            None => break,
+        }
+    }
+    Ok(report)
+}
+
+fn count(report: &mut Report, r: Result<Outcome, tokio::task::JoinError>) {
+    match r {
+        Ok(Outcome::Done) => report.jobs_done += 1,
+        Ok(Outcome::Retried) => report.jobs_retried += 1,
+        Ok(Outcome::Failed) => report.jobs_failed += 1,
+        Ok(Outcome::Lost) => {}
+        Err(e) => tracing::error!("job task failed: {e}"),
+    }
+}
+
+/// Should this NOTIFY payload wake the scheduler? (Anything on our channel does; the payload
+/// is logged.)
+fn describe_event(payload: &str) -> String {
+    match serde_json::from_str::<Event>(payload) {
+        Ok(Event::SessionCreated { session_id, pools }) => {
+            format!("session {session_id} created (pools {pools:?})")
+        }
+        Ok(Event::SessionRetired {
+            session_id,
+            node_ids,
+        }) => format!("session {session_id} retired (nodes {node_ids:?})"),
+        Ok(Event::SessionFailed { pools }) => format!("session creation failed (pools {pools:?})"),
+        Err(_) => format!("event {payload:?}"),
+    }
+}
+
+/// The daemon: run until SIGINT/SIGTERM.
+pub async fn run_daemon(s: Arc<Scheduler>, url: String) -> Result<(), SchedulerError> {
+    let channel = s.cfg.events.channel.clone();
+    let fill_interval = s.cfg.scheduler.fill_interval.0.max(Duration::from_secs(1));
+    let expire_interval = s
+        .cfg
+        .scheduler
+        .expire_interval
+        .0
+        .max(Duration::from_secs(1));
+    let max = s.cfg.scheduler.max_jobs.max(1) as usize;
+    let mut listener: Option<jobs::Listener> = None;
+    let mut set: JoinSet<Outcome> = JoinSet::new();
+    let mut next_sweep = Instant::now();
+    let mut sweep_now = true;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| SchedulerError::Other(format!("signal handler: {e}")))?;
+    let mut db_retry = Duration::from_millis(500);
+    tracing::info!(owner = %s.owner, "scheduler started");
+    loop {
+        let pass = async {
+            if listener.is_none() {
+                match jobs::listen(&url, &channel).await {
+                    Ok(l) => {
+                        listener = Some(l);
+                        // events may have been missed while not listening
+                        sweep_now = true;
+                    }
+                    Err(e) => tracing::warn!("LISTEN {channel}: {e}"),
+                }
+            }
+            let expired = expire::expire_due(&s).await?;
+            if expired > 0 {
+                sweep_now = true;
+            }
+            if sweep_now || Instant::now() >= next_sweep {
+                s.sweep().await?;
+                sweep_now = false;
+                next_sweep = Instant::now() + fill_interval;
+            }
+            while set.len() < max {
+                match s.claim().await? {
+                    Some(job) => {
+                        let s2 = s.clone();
+                        set.spawn(async move { s2.run_job(job).await });
+                    }
+                    None => break,
+                }
+            }
+            let c = s.db.get().await?;
+            let mut wait = next_sweep.saturating_duration_since(Instant::now());
+            wait = wait.min(expire_interval);
+            if let Some(secs) = jobs::next_expiry_secs(&**c).await? {
+                // ≤ 0: due but not retired by this pass (locked meanwhile): look again shortly
+                wait = wait.min(Duration::from_secs_f64(secs.max(0.1)));
+            }
+            if set.len() < max {
+                if let Some(secs) = jobs::next_due_secs(&**c).await? {
+                    // due but not claimable (max-parallel, another scheduler's claim): look again
+                    // in a second; our own jobs' completion wakes us earlier anyway
+                    let secs = if secs <= 0.0 { 1.0 } else { secs };
+                    wait = wait.min(Duration::from_secs_f64(secs));
+                }
+            }
+            Ok::<Duration, SchedulerError>(wait)
+        };
+        let wait = match pass.await {
+            Ok(w) => {
+                db_retry = Duration::from_millis(500);
+                w
+            }
+            Err(e) => {
+                tracing::error!("scheduler pass failed: {e}; retrying in {db_retry:?}");
+                sweep_now = true;
+                let w = db_retry;
+                db_retry = (db_retry * 2).min(Duration::from_secs(30));
+                w
+            }
+        };
+        // a little slack so that a timer for "now" does not spin
+        let wait = wait.max(Duration::from_millis(20));
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            ev = async {
+                match listener.as_mut() {
+                    Some(l) => l.rx.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => match ev {
+                Some(payload) => {
+                    tracing::info!("woken: {}", describe_event(&payload));
+                    sweep_now = true;
+                }
+                None => {
+                    tracing::warn!("LISTEN connection closed; reconnecting");
+                    listener = None;
+                }
+            },
+            Some(r) = set.join_next(), if !set.is_empty() => {
+                let mut rep = Report::default();
+                count(&mut rep, r);
+                // a finished job may free reusable nodes or leave a pool short
+                sweep_now = true;
+            }
+            _ = tokio::signal::ctrl_c() => break,
+            _ = term.recv() => break,
+        }
+    }
+    tracing::info!(
+        running = set.len(),
+        "scheduler stopping; interrupted jobs are taken over when their leases expire"
+    );
+    set.abort_all();
+    while set.join_next().await.is_some() {}
+    // hand the interrupted jobs back at once instead of waiting for their leases to expire
+    let ids: Vec<i64> = std::mem::take(&mut *s.running.lock().expect("lock"));
+    if !ids.is_empty() {
+        match s.db.get().await {
+            Ok(c) => {
+                for id in ids {
+                    match jobs::release(&**c, id, &s.owner).await {
+                        Ok(_) => tracing::info!(job = id, "job handed back"),
+                        Err(e) => tracing::warn!(job = id, "handing the job back: {e}"),
+                    }
+                }
+            }
+            Err(e) => tracing::warn!("handing jobs back: {e}"),
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,931 @@
+//! `duffy scheduler` against a real PostgreSQL (a throw-away database per test) and a real
+//! ansible-core (`.ci/ansible-venv.sh`, never skipped), with trivial local playbooks written by
+//! the tests into a temporary `topdir` that `set_fact: duffy_out` with loopback addresses.
+//!
+//! Covered: fill to the fill level (`run-parallel` on and off, results matched by position in id
+//! order, short and FQCN `set_fact`), `--once`, provisioning failure → `failed` + retry with
+//! back-off → given up after `max-attempts` (and the pool paused, not retried in a loop),
+//! deprovisioning of reusable vs ephemeral nodes and of a pool without deprovision playbook,
+//! reuse of an unused reusable node, expiry on time (timer + NOTIFY, not a poll), two
+//! schedulers at once never provisioning twice, nodes left behind by crashed processes, and a
+//! scheduler killed with SIGKILL mid-playbook whose job a restarted scheduler takes over.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use common::*;
+use duffy::alloc::{self, NodesSpec};
+use duffy::tenant::{self, NewTenant};
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The venv with ansible-core: created by `.ci/ansible-venv.sh` when missing (never skipped).
+fn ansible_playbook() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let venv = std::env::var_os("DUFFY_ANSIBLE_VENV")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| repo().join(".venv-ansible"));
+        let o = Command::new("bash")
+            .arg(repo().join(".ci/ansible-venv.sh"))
+            .env("DUFFY_ANSIBLE_VENV", &venv)
+            .output()
+            .expect("run .ci/ansible-venv.sh");
+        assert!(
+            o.status.success(),
+            ".ci/ansible-venv.sh failed: {}{}",
+            stdout(&o),
+            stderr(&o)
+        );
+        venv.join("bin/ansible-playbook")
+    })
+}
+
+/// Results for every node of `duffy_in` (existing hostname/ipaddr kept for reused nodes),
+/// built with a loop, then reported with `SET_FACT`.
+fn ok_playbook(set_fact: &str) -> String {
+    format!(
+        r#"- hosts: localhost
+  gather_facts: false
+  tasks:
+    - name: build one result per node, in duffy_in order
+      set_fact:
+        acc: "{{{{ acc | default([]) + [{{'ipaddr': item.ipaddr or ('127.1.' ~ (item.id // 256) ~ '.' ~ (item.id % 256)), 'hostname': item.hostname or ('n' ~ item.id ~ '.' ~ pool_name ~ '.test'), 'instance': 'i-' ~ item.id}}] }}}}"
+      loop: "{{{{ duffy_in.nodes }}}}"
+    - name: report
+      {set_fact}:
+        duffy_out:
+          nodes: "{{{{ acc }}}}"
+"#
+    )
+}
+
+const FAIL_PLAYBOOK: &str = r#"- hosts: localhost
+  gather_facts: false
+  tasks:
+    - name: break
+      fail:
+        msg: "boom for {{ duffy_in.nodes | length }} node(s)"
+"#;
+
+/// Waits while `hold_file` exists, then reports one result per node.
+const HOLD_PLAYBOOK: &str = r#"- hosts: localhost
+  gather_facts: false
+  tasks:
+    - name: hold
+      ansible.builtin.pause:
+        seconds: 1
+      until: not (hold_file is exists)
+      retries: 300
+      delay: 0
+    - name: build results
+      set_fact:
+        acc: "{{ acc | default([]) + [{'ipaddr': '127.7.0.' ~ item.id}] }}"
+      loop: "{{ duffy_in.nodes }}"
+    - name: report
+      set_fact:
+        duffy_out:
+          nodes: "{{ acc }}"
+"#;
+
+/// Echoes every node's provision data: all nodes torn down.
+const DEPROVISION_PLAYBOOK: &str = r#"- hosts: localhost
+  gather_facts: false
+  tasks:
+    - name: report
+      set_fact:
+        duffy_out:
+          nodes: "{{ duffy_in.nodes | map(attribute='data') | map(attribute='provision') | list }}"
+"#;
+
+struct Lab {
+    _dir: tempfile::TempDir,
+    db: TestDb,
+    cfg: TestConfig,
+    top: PathBuf,
+    logs: PathBuf,
+}
+
+impl Lab {
+    /// `scheduler` overrides the test defaults; `pools` is the `nodepools.concrete` body, where
+    /// `TOP` is replaced by the topdir.
+    fn new(scheduler: &str, pools: &str) -> Lab {
+        let db = TestDb::migrated();
+        let dir = tempfile::tempdir().unwrap();
+        let top = dir.path().join("top");
+        let logs = dir.path().join("logs");
+        std::fs::create_dir_all(&top).unwrap();
+        for (name, text) in [
+            ("ok.yml", ok_playbook("set_fact")),
+            ("ok_fqcn.yml", ok_playbook("ansible.builtin.set_fact")),
+            ("fail.yml", FAIL_PLAYBOOK.to_string()),
+            ("hold.yml", HOLD_PLAYBOOK.to_string()),
+            ("deprovision.yml", DEPROVISION_PLAYBOOK.to_string()),
+        ] {
+            std::fs::write(top.join(name), text).unwrap();
+        }
+        let mut sched = format!(
+            "  ansible-playbook: {}\n  job-log-dir: {}\n",
+            ansible_playbook().display(),
+            logs.display()
+        );
+        let defaults = [
+            ("lease", "30"),
+            ("retry-delay", "0.5"),
+            ("max-attempts", "3"),
+            ("fill-interval", "1h"),
+            ("expire-interval", "1h"),
+            ("playbook-timeout", "120"),
+        ];
+        for (k, v) in defaults {
+            if !scheduler.contains(&format!("{k}:")) {
+                sched.push_str(&format!("  {k}: {v}\n"));
+            }
+        }
+        sched.push_str(scheduler);
+        let pools = pools.replace("TOP", &top.display().to_string());
+        let cfg = TestConfig::new(
+            &db.url,
+            &format!("scheduler:\n{sched}nodepools:\n  concrete:\n{pools}"),
+        );
+        Lab {
+            _dir: dir,
+            db,
+            cfg,
+            top,
+            logs,
+        }
+    }
+
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = duffy_cmd(Some(&self.cfg.path), args);
+        c.env("DUFFY_LOG", "info");
+        c
+    }
+
+    /// `duffy scheduler --once`; its stdout.
+    fn once(&self) -> String {
+        let o = self.cmd(&["scheduler", "--once"]).output().unwrap();
+        assert!(
+            o.status.success(),
+            "scheduler --once failed: {}{}",
+            stdout(&o),
+            stderr(&o)
+        );
+        stdout(&o)
+    }
+
+    fn daemon(&self, log: &str) -> Daemon {
+        let f = std::fs::File::create(self.cfg.dir.path().join(log)).unwrap();
+        let child = self
+            .cmd(&["scheduler"])
+            .stdout(Stdio::null())
+            .stderr(f)
+            .spawn()
+            .unwrap();
+        Daemon { child }
+    }
+
+    fn q(&self, sql: &str) -> Vec<String> {
+        self.db
+            .query_strings(sql)
+            .into_iter()
+            .map(|v| v.unwrap_or_else(|| "NULL".into()))
+            .collect()
+    }
+
+    fn one(&self, sql: &str) -> String {
+        let v = self.q(sql);
+        assert_eq!(v.len(), 1, "{sql}: {v:?}");
+        v[0].clone()
+    }
+
+    fn wait_for(&self, sql: &str, want: &str, timeout: Duration) {
+        let start = Instant::now();
+        loop {
+            let got = self.q(sql).join(",");
+            if got == want {
+                return;
+            }
+            assert!(
+                start.elapsed() < timeout,
+                "waited {timeout:?} for `{sql}` = {want:?}, got {got:?}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Run `f` with the library's view of this lab (config, database pool).
+    fn with_lib<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(
+                Arc<duffy::config::Config>,
+                duffy::db::Db,
+            ) -> std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>
+            + Send
+            + 'static,
+    ) -> T {
+        let path = self.cfg.path.clone();
+        let url = self.db.url.clone();
+        std::thread::spawn(move || {
+            duffy::db::block_on(async move {
+                let cfg = Arc::new(duffy::config::load_from(&[&path]).unwrap());
+                let db = duffy::db::Db::connect(&url, 2).await.unwrap();
+                f(cfg, db).await
+            })
+        })
+        .join()
+        .unwrap()
+    }
+
+    /// Create a tenant (session lifetime `lifetime`) and a session of `quantity` nodes of `pool`.
+    fn session(&self, pool: &str, quantity: i64, lifetime: Option<Duration>) -> i32 {
+        let pool = pool.to_string();
+        self.with_lib(move |cfg, db| {
+            Box::pin(async move {
+                let name = format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+                let (t, _) = tenant::create(
+                    &db,
+                    &cfg.defaults,
+                    &NewTenant {
+                        name,
+                        ssh_key: SSH_KEY.into(),
+                        is_admin: false,
+                        node_quota: None,
+                        session_lifetime: lifetime,
+                        session_lifetime_max: None,
+                    },
+                    "test",
+                )
+                .await
+                .unwrap();
+                let v = alloc::create(&db, &cfg, &t, None, &[NodesSpec { pool, quantity }])
+                    .await
+                    .unwrap();
+                v.row.id
+            })
+        })
+    }
+
+    /// Retire a session the way `PUT /sessions/{id} active=false` does.
+    fn retire(&self, session: i32) {
+        self.with_lib(move |cfg, db| {
+            Box::pin(async move {
+                let mut conn = db.get().await.unwrap();
+                let tx = conn.transaction().await.unwrap();
+                alloc::retire_locked(&*tx, &cfg, session, "test")
+                    .await
+                    .unwrap();
+                tx.commit().await.unwrap();
+            })
+        })
+    }
+
+    fn log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.cfg.dir.path().join(name)).unwrap_or_default()
+    }
+}
+
+/// A `duffy scheduler` daemon, stopped (SIGTERM, then SIGKILL) on drop.
+struct Daemon {
+    child: Child,
+}
+
+impl Daemon {
+    fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(5) {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.kill9();
+    }
+}
+
+/// Processes whose working directory is `dir` (playbooks run in their topdir).
+fn processes_in(dir: &Path) -> Vec<String> {
+    let mut found = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        if let Ok(cwd) = std::fs::read_link(e.path().join("cwd")) {
+            if cwd == dir {
+                let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+                let status = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+                found.push(format!(
+                    "{} {:?} [{}]",
+                    e.file_name().to_string_lossy(),
+                    String::from_utf8_lossy(&cmd).replace('\0', " "),
+                    status.split(' ').nth(2).unwrap_or("?")
+                ));
+            }
+        }
+    }
+    found
+}
+
+fn pool(name: &str, body: &str) -> String {
+    let mut s = format!("    {name}:\n      contextualize: none\n");
+    for l in body.lines() {
+        s.push_str("      ");
+        s.push_str(l);
+        s.push('\n');
+    }
+    s
+}
+
+fn mechanism(provision: &str, deprovision: Option<&str>) -> String {
+    let mut s = format!(
+        "mechanism:\n  type: ansible\n  ansible:\n    topdir: TOP\n    extra-vars:\n      pool_name: \"{{{{ name }}}}\"\n      hold_file: TOP/hold\n    provision:\n      playbook: {provision}\n"
+    );
+    if let Some(d) = deprovision {
+        s.push_str(&format!("    deprovision:\n      playbook: {d}\n"));
+    }
+    s
+}
+
+#[test]
+fn fill_to_level_once_by_position_and_fqcn() {
+    let lab = Lab::new(
+        "",
+        &(pool(
+            "par",
+            &format!("fill-level: 3\n{}", mechanism("ok.yml", None)),
+        ) + &pool(
+            "seq",
+            &format!(
+                "fill-level: 3\nrun-parallel: false\n{}",
+                mechanism("ok_fqcn.yml", None)
+            ),
+        )),
+    );
+    // finished jobs are kept 30 days
+    lab.db.exec(
+        "INSERT INTO duffy_jobs (kind, pool, node_ids, state, finished_at) VALUES
+           ('provision', 'old', '{}', 'done', now() - interval '40 days'),
+           ('provision', 'old', '{}', 'failed', now() - interval '20 days')",
+    );
+    let out = lab.once();
+    assert!(out.contains("jobs queued: 4, done: 4,"), "{out}");
+    assert_eq!(
+        lab.q("SELECT state FROM duffy_jobs WHERE pool = 'old'"),
+        vec!["failed"]
+    );
+    lab.db.exec("DELETE FROM duffy_jobs WHERE pool = 'old'");
+    // every node ready, hostname/ipaddr/data.provision from its own result (position = id order)
+    let rows = lab.q(
+        "SELECT pool || ' ' || state || ' ' || hostname || ' ' || ipaddr || ' ' || (data->'provision'->>'instance')
+         FROM nodes ORDER BY id",
+    );
+    assert_eq!(rows.len(), 6, "{rows:?}");
+    let ids = lab.q("SELECT id FROM nodes ORDER BY id");
+    for (row, id) in rows.iter().zip(&ids) {
+        let id: i32 = id.parse().unwrap();
+        let p = row.split(' ').next().unwrap();
+        assert_eq!(
+            row,
+            &format!(
+                "{p} ready n{id}.{p}.test 127.1.{}.{} i-{id}",
+                id / 256,
+                id % 256
+            )
+        );
+    }
+    // one job per node for run-parallel, one for all for the other
+    assert_eq!(
+        lab.q("SELECT pool || ':' || array_length(node_ids, 1) || ':' || state || ':' || attempts FROM duffy_jobs ORDER BY id"),
+        vec!["par:1:done:1", "par:1:done:1", "par:1:done:1", "seq:3:done:1"]
+    );
+    // the playbook's output is kept per job
+    let log = lab.one("SELECT log_path FROM duffy_jobs WHERE pool = 'seq'");
+    assert!(log.starts_with(&lab.logs.display().to_string()), "{log}");
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("PLAY RECAP"), "{text}");
+    // history and audit
+    assert_eq!(
+        lab.one("SELECT count(*) FROM duffy_node_history WHERE actor = 'scheduler' AND to_state = 'ready'"),
+        "6"
+    );
+    assert_eq!(
+        lab.one(
+            "SELECT count(*) FROM duffy_audit_log WHERE entity = 'pool' AND action = 'job-done'"
+        ),
+        "4"
+    );
+    // at the fill level: a second pass does nothing
+    let out = lab.once();
+    assert!(out.contains("jobs queued: 0, done: 0,"), "{out}");
+    assert_eq!(lab.one("SELECT count(*) FROM nodes"), "6");
+}
+
+#[test]
+fn provision_failure_retries_with_backoff_then_gives_up() {
+    let lab = Lab::new(
+        "",
+        &pool(
+            "bad",
+            &format!("fill-level: 1\n{}", mechanism("fail.yml", None)),
+        ),
+    );
+    let d = lab.daemon("daemon.log");
+    lab.wait_for(
+        "SELECT state || ':' || attempts FROM duffy_jobs",
+        "failed:3",
+        Duration::from_secs(60),
+    );
+    // one node, failed with the reason; never a second node (the pool is paused)
+    assert_eq!(lab.one("SELECT count(*) FROM nodes"), "1");
+    assert_eq!(lab.one("SELECT state FROM nodes"), "failed");
+    let err = lab.one("SELECT data->'error'->>'detail' FROM nodes");
+    assert!(
+        err.contains("giving up after 3 attempts") && err.contains("boom for 1 node(s)"),
+        "{err}"
+    );
+    assert!(lab
+        .one("SELECT last_error FROM duffy_jobs")
+        .contains("boom"));
+    // provisioning → failed three times, failed → provisioning twice (the retries)
+    assert_eq!(
+        lab.q("SELECT coalesce(from_state::text, '-') || '>' || to_state FROM duffy_node_history ORDER BY id"),
+        vec![
+            "->provisioning",
+            "provisioning>failed",
+            "failed>provisioning",
+            "provisioning>failed",
+            "failed>provisioning",
+            "provisioning>failed"
+        ]
+    );
+    // back-off: 0.5 s before the 2nd attempt, 1 s before the 3rd
+    let gaps: Vec<f64> = lab
+        .q(
+            "SELECT EXTRACT(EPOCH FROM at - lag(at) OVER (ORDER BY id)) FROM duffy_node_history
+            WHERE to_state = 'provisioning' OR to_state = 'failed' ORDER BY id",
+        )
+        .iter()
+        .filter_map(|s| s.parse().ok())
+        .collect();
+    // gaps: [run1, wait1, run2, wait2, run3]
+    assert!(gaps[1] >= 0.45 && gaps[3] >= 0.95, "{gaps:?}");
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(lab.one("SELECT count(*) FROM nodes"), "1");
+    assert_eq!(lab.one("SELECT count(*) FROM duffy_jobs"), "1");
+    drop(d);
+    assert!(lab.log("daemon.log").contains("giving up"));
+}
+
+#[test]
+fn deprovision_reusable_ephemeral_and_without_playbook() {
+    let lab = Lab::new(
+        "",
+        &(pool(
+            "eph",
+            &format!(
+                "fill-level: 1\n{}",
+                mechanism("ok.yml", Some("deprovision.yml"))
+            ),
+        ) + &pool(
+            "nodep",
+            &format!("fill-level: 1\n{}", mechanism("ok.yml", None)),
+        ) + &pool(
+            "reuse",
+            &format!(
+                "architecture: x86_64\nfill-level: 1\nreuse-nodes:\n  architecture: \"{{{{ architecture }}}}\"\n{}",
+                mechanism("ok.yml", Some("deprovision.yml"))
+            ),
+        )),
+    );
+    lab.db.exec(
+        "INSERT INTO nodes (hostname, ipaddr, state, reusable, data)
+         VALUES ('metal1.test', '127.3.0.1', 'unused', true, '{\"architecture\": \"aarch64\"}'),
+                ('metal2.test', '127.3.0.2', 'unused', true, '{\"architecture\": \"x86_64\"}')",
+    );
+    let out = lab.once();
+    assert!(out.contains("jobs queued: 3, done: 3,"), "{out}");
+    // the matching reusable node was taken, keeping its name and address
+    assert_eq!(
+        lab.q("SELECT hostname || ' ' || state || ' ' || coalesce(pool, '-') FROM nodes WHERE reusable ORDER BY id"),
+        vec!["metal1.test unused -", "metal2.test ready reuse"]
+    );
+    let mut sessions = Vec::new();
+    for p in ["eph", "nodep", "reuse"] {
+        sessions.push(lab.session(p, 1, None));
+    }
+    for s in &sessions {
+        lab.retire(*s);
+    }
+    assert_eq!(
+        lab.one("SELECT count(*) FROM nodes WHERE state = 'deprovisioning'"),
+        "3"
+    );
+    let out = lab.once();
+    // 3 deprovision jobs, 3 provision jobs (refill of eph and nodep; reuse has no free node yet)
+    assert!(out.contains("done: 5,"), "{out}");
+    // ephemeral nodes (with and without a deprovision playbook: bug 9) done and retired
+    assert_eq!(
+        lab.q("SELECT coalesce(pool, '-') || ' ' || (retired_at IS NOT NULL) FROM nodes WHERE state = 'done' ORDER BY id"),
+        vec!["- true", "- true"]
+    );
+    // the reusable node is unused again: no pool, no provision/nodes_spec data
+    assert_eq!(
+        lab.one("SELECT state || ' ' || coalesce(pool, '-') || ' ' || (SELECT string_agg(k, ',') FROM json_object_keys(data) k)
+                 FROM nodes WHERE hostname = 'metal2.test'"),
+        "unused - architecture"
+    );
+    assert_eq!(
+        lab.one("SELECT count(*) FROM nodes WHERE state = 'failed'"),
+        "0"
+    );
+    // next pass takes it into its pool again
+    lab.once();
+    assert_eq!(
+        lab.q("SELECT pool || ' ' || count(*) FROM nodes WHERE state = 'ready' GROUP BY pool ORDER BY pool"),
+        vec!["eph 1", "nodep 1", "reuse 1"]
+    );
+    assert_eq!(
+        lab.one("SELECT state FROM nodes WHERE hostname = 'metal2.test'"),
+        "ready"
+    );
+}
+
+#[test]
+fn expiry_retires_sessions_on_time_and_the_pool_is_refilled() {
+    let lab = Lab::new(
+        "",
+        &pool(
+            "eph",
+            &format!(
+                "fill-level: 1\n{}",
+                mechanism("ok.yml", Some("deprovision.yml"))
+            ),
+        ),
+    );
+    let d = lab.daemon("daemon.log");
+    lab.wait_for("SELECT state FROM nodes", "ready", Duration::from_secs(30));
+    let s = lab.session("eph", 1, Some(Duration::from_secs(3)));
+    // the NOTIFY of the allocation starts the refill at once
+    lab.wait_for("SELECT count(*) FROM nodes", "2", Duration::from_secs(5));
+    let refill: f64 = lab
+        .one(&format!(
+            "SELECT EXTRACT(EPOCH FROM h.at - (s.created_at AT TIME ZONE 'utc'))
+             FROM duffy_node_history h, sessions s
+             WHERE s.id = {s} AND h.from_state IS NULL ORDER BY h.id DESC LIMIT 1"
+        ))
+        .parse()
+        .unwrap();
+    assert!(
+        refill < 1.0,
+        "refill started {refill} s after the allocation"
+    );
+    // expire-interval and fill-interval are 1 h: only the timer and NOTIFY can do this
+    lab.wait_for(
+        &format!("SELECT retired_at IS NOT NULL FROM sessions WHERE id = {s}"),
+        "t",
+        Duration::from_secs(10),
+    );
+    let late: f64 = lab
+        .one(&format!(
+            "SELECT EXTRACT(EPOCH FROM retired_at - expires_at) FROM sessions WHERE id = {s}"
+        ))
+        .parse()
+        .unwrap();
+    assert!((0.0..1.0).contains(&late), "expired {late} s late");
+    lab.wait_for(
+        "SELECT state || ':' || count(*) FROM nodes GROUP BY state ORDER BY state",
+        "ready:1,done:1",
+        Duration::from_secs(30),
+    );
+    drop(d);
+    let log = lab.log("daemon.log");
+    assert!(log.contains("session expired and retired"), "{log}");
+}
+
+#[test]
+fn two_schedulers_at_once_never_provision_twice() {
+    let lab = Lab::new(
+        "",
+        &(pool(
+            "a",
+            &format!("fill-level: 4\n{}", mechanism("ok.yml", None)),
+        ) + &pool(
+            "b",
+            &format!(
+                "fill-level: 2\nrun-parallel: false\n{}",
+                mechanism("ok.yml", None)
+            ),
+        )),
+    );
+    let kids: Vec<Child> = (0..2)
+        .map(|_| {
+            lab.cmd(&["scheduler", "--once"])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for k in kids {
+        let o = k.wait_with_output().unwrap();
+        assert!(o.status.success(), "{}", stderr(&o));
+    }
+    assert_eq!(
+        lab.q("SELECT pool || ' ' || state || ' ' || count(*) FROM nodes GROUP BY pool, state ORDER BY pool"),
+        vec!["a ready 4", "b ready 2"]
+    );
+    assert_eq!(
+        lab.q("SELECT k || ' ' || count(*) FROM (SELECT kind || ' ' || state || ' ' || attempts AS k FROM duffy_jobs) j
+               GROUP BY k ORDER BY k"),
+        vec!["provision done 1 5"]
+    );
+    // each node was provisioned by exactly one playbook run
+    assert_eq!(
+        lab.one("SELECT count(*) FROM duffy_node_history WHERE to_state = 'ready'"),
+        "6"
+    );
+}
+
+#[test]
+fn nodes_left_by_crashed_processes_are_handled() {
+    let lab = Lab::new(
+        "  lease: 1\n",
+        &pool(
+            "p",
+            &format!("fill-level: 1\n{}", mechanism("ok.yml", None)),
+        ),
+    );
+    // a crashed upstream worker's provisioning node (no job), a contextualizing node of a
+    // crashed API (no session), a provisioning node of an unknown pool
+    lab.db.exec(
+        "INSERT INTO nodes (state, pool, reusable, data, created_at) VALUES
+           ('provisioning', 'p', false, '{}', now() AT TIME ZONE 'utc' - interval '1 hour'),
+           ('contextualizing', 'p', false, '{}', now() AT TIME ZONE 'utc' - interval '1 hour'),
+           ('provisioning', 'gone', false, '{}', now() AT TIME ZONE 'utc' - interval '1 hour')",
+    );
+    let out = lab.once();
+    assert!(out.contains("nodes recovered: 3"), "{out}");
+    assert_eq!(
+        lab.q("SELECT coalesce(pool, '-') || ' ' || state FROM nodes ORDER BY id"),
+        vec!["p ready", "p failed", "gone failed"]
+    );
+    assert!(lab
+        .one("SELECT data->'error'->>'detail' FROM nodes WHERE state = 'failed' AND pool = 'p'")
+        .contains("contextualization interrupted"));
+    // the adopted node counts towards the fill level: no extra node
+    assert_eq!(lab.one("SELECT count(*) FROM nodes WHERE pool = 'p'"), "2");
+}
+
+#[test]
+fn scheduler_killed_mid_playbook_is_taken_over_by_the_next() {
+    let lab = Lab::new(
+        "  lease: 2\n",
+        &pool(
+            "p",
+            &format!(
+                "fill-level: 2\nrun-parallel: false\n{}",
+                mechanism("hold.yml", None)
+            ),
+        ),
+    );
+    let hold = lab.top.join("hold");
+    std::fs::write(&hold, "").unwrap();
+    let mut d = lab.daemon("first.log");
+    // wait until the playbook is running (holding)
+    let start = Instant::now();
+    loop {
+        let log = std::fs::read_dir(&lab.logs)
+            .ok()
+            .and_then(|mut it| it.next())
+            .and_then(|e| e.ok())
+            .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
+            .unwrap_or_default();
+        if log.contains("TASK [hold]") {
+            // let the task's worker start: ansible's own SIGTERM handling can miss a worker
+            // that is being forked at that very instant (it then ends after its current task)
+            std::thread::sleep(Duration::from_millis(1500));
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "playbook never started: {}",
+            lab.log("first.log")
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    d.kill9();
+    // the interrupted playbook died with its scheduler (it would hold forever otherwise)
+    let start = Instant::now();
+    while !processes_in(&lab.top).is_empty() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "playbook still running after its scheduler was killed: {:?}",
+            processes_in(&lab.top)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        lab.q("SELECT state || ' ' || attempts FROM duffy_jobs"),
+        vec!["running 1"]
+    );
+    assert_eq!(
+        lab.one("SELECT count(*) FROM nodes WHERE state = 'provisioning'"),
+        "2"
+    );
+    std::fs::remove_file(&hold).unwrap();
+    let d2 = lab.daemon("second.log");
+    lab.wait_for(
+        "SELECT state || ' ' || attempts FROM duffy_jobs",
+        "done 2",
+        Duration::from_secs(30),
+    );
+    assert_eq!(
+        lab.q("SELECT state || ' ' || ipaddr FROM nodes ORDER BY id"),
+        vec!["ready 127.7.0.1", "ready 127.7.0.2"]
+    );
+    drop(d2);
+    let log = lab.log("second.log");
+    assert!(
+        log.contains("taking over a job whose lease expired"),
+        "{log}"
+    );
+}
+
+#[test]
+fn scheduler_killed_on_its_last_attempt_fails_the_nodes_explicitly() {
+    let lab = Lab::new(
+        "  lease: 1\n  max-attempts: 1\n",
+        &pool(
+            "p",
+            &format!("fill-level: 1\n{}", mechanism("hold.yml", None)),
+        ),
+    );
+    std::fs::write(lab.top.join("hold"), "").unwrap();
+    let mut d = lab.daemon("first.log");
+    lab.wait_for(
+        "SELECT state FROM duffy_jobs",
+        "running",
+        Duration::from_secs(30),
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    d.kill9();
+    std::fs::remove_file(lab.top.join("hold")).unwrap();
+    std::thread::sleep(Duration::from_millis(1200));
+    let out = lab.once();
+    assert!(out.contains("failed: 1"), "{out}");
+    assert_eq!(lab.one("SELECT state FROM nodes"), "failed");
+    let err = lab.one("SELECT data->'error'->>'detail' FROM nodes");
+    assert!(err.contains("interrupted"), "{err}");
+    assert_eq!(lab.one("SELECT state FROM duffy_jobs"), "failed");
+}
+
+#[test]
+fn max_parallel_limits_concurrent_jobs_of_a_pool() {
+    let lab = Lab::new(
+        "",
+        &pool(
+            "p",
+            &format!(
+                "fill-level: 3\nmax-parallel: 1\n{}",
+                mechanism("ok.yml", None)
+            ),
+        ),
+    );
+    let o = lab.cmd(&["scheduler", "--once"]).output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("done: 3,"), "{}", stdout(&o));
+    // claimed, finished, claimed, finished…: never two at once
+    let events: Vec<&str> = stderr(&o)
+        .lines()
+        .filter_map(|l| {
+            if l.contains("job claimed") {
+                Some("claimed")
+            } else if l.contains("job finished") {
+                Some("finished")
+            } else {
+                None
+            }
+        })
+        .collect::<Vec<_>>();
+    assert_eq!(
+        events,
+        ["claimed", "finished", "claimed", "finished", "claimed", "finished"],
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(
+        lab.one("SELECT count(*) FROM nodes WHERE state = 'ready'"),
+        "3"
+    );
+}
+
+#[test]
+fn a_playbook_past_its_time_limit_is_killed_and_the_node_failed() {
+    let lab = Lab::new(
+        "  playbook-timeout: 3\n  max-attempts: 1\n",
+        &pool(
+            "p",
+            &format!("fill-level: 1\n{}", mechanism("hold.yml", None)),
+        ),
+    );
+    std::fs::write(lab.top.join("hold"), "").unwrap();
+    let start = Instant::now();
+    let out = lab.once();
+    assert!(start.elapsed() < Duration::from_secs(20));
+    assert!(out.contains("failed: 1"), "{out}");
+    assert_eq!(lab.one("SELECT state FROM nodes"), "failed");
+    let err = lab.one("SELECT data->'error'->>'detail' FROM nodes");
+    assert!(err.contains("timed out after 3s"), "{err}");
+    assert_eq!(lab.one("SELECT state FROM duffy_jobs"), "failed");
+    // nothing of the playbook is left running (its workers run in sessions of their own)
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(processes_in(&lab.top), Vec::<String>::new());
+}
+
+#[test]
+fn a_stopped_scheduler_hands_its_jobs_back_and_stops_its_playbooks() {
+    let lab = Lab::new(
+        "",
+        &pool(
+            "p",
+            &format!("fill-level: 1\n{}", mechanism("hold.yml", None)),
+        ),
+    );
+    std::fs::write(lab.top.join("hold"), "").unwrap();
+    let d = lab.daemon("daemon.log");
+    lab.wait_for(
+        "SELECT state FROM duffy_jobs",
+        "running",
+        Duration::from_secs(30),
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    drop(d); // SIGTERM
+    assert_eq!(
+        lab.q("SELECT state || ' ' || attempts || ' ' || coalesce(leased_by, '-') FROM duffy_jobs"),
+        vec!["queued 0 -"]
+    );
+    let start = Instant::now();
+    while !processes_in(&lab.top).is_empty() {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "playbook left running"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // the next scheduler runs it at once (no lease to wait for)
+    std::fs::remove_file(lab.top.join("hold")).unwrap();
+    let out = lab.once();
+    assert!(out.contains("done: 1,"), "{out}");
+    assert_eq!(lab.one("SELECT state FROM nodes"), "ready");
+    assert!(lab.log("daemon.log").contains("job handed back"));
+}
+
+#[test]
+fn database_connections_lost_are_reopened_and_events_still_heard() {
+    let lab = Lab::new(
+        "",
+        &pool(
+            "p",
+            &format!("fill-level: 1\n{}", mechanism("ok.yml", None)),
+        ),
+    );
+    let d = lab.daemon("daemon.log");
+    lab.wait_for("SELECT state FROM nodes", "ready", Duration::from_secs(30));
+    // what a PostgreSQL restart does to the scheduler: every connection (pool and LISTEN) dies
+    lab.db.exec(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+         WHERE datname = current_database() AND pid <> pg_backend_pid()",
+    );
+    let start = Instant::now();
+    while !lab.log("daemon.log").contains("reconnecting") {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "{}",
+            lab.log("daemon.log")
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(1000));
+    // fill-interval is 1 h: only the NOTIFY of the new session can trigger the refill
+    lab.session("p", 1, None);
+    lab.wait_for(
+        "SELECT state || ':' || count(*) FROM nodes GROUP BY state ORDER BY state",
+        "ready:1,deployed:1",
+        Duration::from_secs(30),
+    );
+    drop(d);
+}
