@@ -444,6 +444,8 @@ fn pool_values(rule: &AttributeRule, cfg: &Config, pool: &str) -> PoolValues {
 #[derive(Debug)]
 struct Host {
     name: String,
+    /// `name` as a JSON string literal (written once per group the host is in)
+    name_json: Vec<u8>,
     node: InventoryNode,
     /// (attribute index, value)
     attrs: Vec<(usize, String)>,
@@ -566,6 +568,7 @@ impl<'c> Builder<'c> {
         }
         self.hosts.push(Host {
             name,
+            name_json: Vec::new(),
             node: n,
             attrs,
             data,
@@ -606,6 +609,9 @@ impl<'c> Builder<'c> {
         }
         if renamed {
             hosts.sort_by(|x, y| x.name.cmp(&y.name));
+        }
+        for h in &mut hosts {
+            write_str(&mut h.name_json, &h.name);
         }
 
         // memberships
@@ -791,7 +797,7 @@ impl Inventory {
                 if k > 0 {
                     out.push(b',');
                 }
-                write_str(&mut out, &self.hosts[i].name);
+                out.extend_from_slice(&self.hosts[i].name_json);
                 if out.len() >= CHUNK {
                     w.write_all(&out)?;
                     out.clear();
@@ -809,7 +815,7 @@ impl Inventory {
             if k > 0 {
                 out.push(b',');
             }
-            write_str(&mut out, &h.name);
+            out.extend_from_slice(&h.name_json);
             out.push(b':');
             self.write_hostvars(h, &mut out);
             if out.len() >= CHUNK {

@@ -5,6 +5,8 @@
 //! and `$DUFFY_DATABASE_URL`. On failure: one line on stderr, exit 1 (2 for configuration);
 //! nothing on stderr otherwise (Ansible prints any stderr as an error). See inventory/README.md.
 
+use std::io::Write;
+use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -44,8 +46,13 @@ fn main() -> ExitCode {
         Some(h) => Query::Host(h),
         None => Query::List,
     };
+    // stdout through a plain file handle (a dup of fd 1, same offset): Rust's line-buffered
+    // stdout would search every chunk of the several-MB document for newlines
     let stdout = std::io::stdout();
-    let mut out = stdout.lock();
+    let mut out: Box<dyn Write> = match stdout.as_fd().try_clone_to_owned() {
+        Ok(fd) => Box::new(std::fs::File::from(fd)),
+        Err(_) => Box::new(stdout.lock()),
+    };
     match inventory::run(&args.config, &query, args.pretty, &mut out) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
