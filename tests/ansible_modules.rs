@@ -18,32 +18,6 @@ use std::sync::OnceLock;
 use common::*;
 use serde_json::Value;
 
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// The venv with ansible-core: created by `.ci/ansible-venv.sh` when missing (never skipped).
-fn ansible_bin() -> &'static Path {
-    static VENV: OnceLock<PathBuf> = OnceLock::new();
-    VENV.get_or_init(|| {
-        let venv = std::env::var_os("DUFFY_ANSIBLE_VENV")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| repo().join(".venv-ansible"));
-        let o = Command::new("bash")
-            .arg(repo().join(".ci/ansible-venv.sh"))
-            .env("DUFFY_ANSIBLE_VENV", &venv)
-            .output()
-            .expect("run .ci/ansible-venv.sh");
-        assert!(
-            o.status.success(),
-            ".ci/ansible-venv.sh failed: {}{}",
-            stdout(&o),
-            stderr(&o)
-        );
-        venv.join("bin")
-    })
-}
-
 /// The module binaries Cargo built for this test.
 const MODULES: &[(&str, &str)] = &[
     ("duffy_tenant", env!("CARGO_BIN_EXE_duffy_tenant")),

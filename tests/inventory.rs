@@ -7,7 +7,6 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::OnceLock;
 
 use common::*;
 use serde_json::{json, Value};
@@ -16,10 +15,6 @@ const P1: &str = "metal-ec2-c5n-centos-10s-x86_64";
 const P2: &str = "virt-ec2-c6g-centos-9s-aarch64";
 const P3: &str = "physical-centos9stream-x86_64";
 const KEY2: &str = "ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAABAQC7 samba@CI";
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
 
 /// Pools P1..P3 (P3 carries `architecture` in its config) and an empty one.
 fn pools() -> String {
@@ -562,28 +557,6 @@ impl WithProgram for Command {
 }
 
 // ---- real ansible-core -------------------------------------------------------------------
-
-/// The venv with ansible-core: created by `.ci/ansible-venv.sh` when missing (never skipped).
-fn ansible_bin() -> &'static Path {
-    static VENV: OnceLock<PathBuf> = OnceLock::new();
-    VENV.get_or_init(|| {
-        let venv = std::env::var_os("DUFFY_ANSIBLE_VENV")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| repo().join(".venv-ansible"));
-        let o = Command::new("bash")
-            .arg(repo().join(".ci/ansible-venv.sh"))
-            .env("DUFFY_ANSIBLE_VENV", &venv)
-            .output()
-            .expect("run .ci/ansible-venv.sh");
-        assert!(
-            o.status.success(),
-            ".ci/ansible-venv.sh failed: {}{}",
-            stdout(&o),
-            stderr(&o)
-        );
-        venv.join("bin")
-    })
-}
 
 struct Ansible {
     home: tempfile::TempDir,

@@ -14,37 +14,16 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
 use duffy::alloc::{self, NodesSpec};
 use duffy::tenant::{self, NewTenant};
 
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// The venv with ansible-core: created by `.ci/ansible-venv.sh` when missing (never skipped).
-fn ansible_playbook() -> &'static Path {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let venv = std::env::var_os("DUFFY_ANSIBLE_VENV")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| repo().join(".venv-ansible"));
-        let o = Command::new("bash")
-            .arg(repo().join(".ci/ansible-venv.sh"))
-            .env("DUFFY_ANSIBLE_VENV", &venv)
-            .output()
-            .expect("run .ci/ansible-venv.sh");
-        assert!(
-            o.status.success(),
-            ".ci/ansible-venv.sh failed: {}{}",
-            stdout(&o),
-            stderr(&o)
-        );
-        venv.join("bin/ansible-playbook")
-    })
+/// `ansible-playbook` of the project's ansible-core venv.
+fn ansible_playbook() -> PathBuf {
+    ansible_bin().join("ansible-playbook")
 }
 
 /// Results for every node of `duffy_in` (existing hostname/ipaddr kept for reused nodes),

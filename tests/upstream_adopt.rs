@@ -22,10 +22,6 @@ const UPSTREAM_TABLES: &str = "'nodes', 'sessions', 'sessions_nodes', 'tenants',
 // ---------------------------------------------------------------------------------------------
 // upstream Duffy
 
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
 fn venv_works(venv: &Path) -> bool {
     Command::new(venv.join("bin/duffy"))
         .arg("--version")

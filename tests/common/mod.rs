@@ -285,3 +285,34 @@ pub fn add_ready_nodes(db: &TestDb, pool: &str, n: usize, net: u8) {
         values.join(", ")
     ));
 }
+
+/// The repository root.
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The `bin/` folder of a project venv made by `.ci/<script>` (idempotent; run when missing, so
+/// a test can never skip silently). `env_var` overrides the venv path, default `<repo>/<dir>`.
+pub fn venv_bin(script: &str, env_var: &str, dir: &str) -> PathBuf {
+    let venv = std::env::var_os(env_var)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join(dir));
+    let o = Command::new("bash")
+        .arg(repo().join(".ci").join(script))
+        .env(env_var, &venv)
+        .output()
+        .unwrap_or_else(|e| panic!("run .ci/{script}: {e}"));
+    assert!(
+        o.status.success(),
+        ".ci/{script} failed: {}{}",
+        stdout(&o),
+        stderr(&o)
+    );
+    venv.join("bin")
+}
+
+/// ansible-core's `bin/` (venv from `.ci/ansible-venv.sh`), made once per test process.
+pub fn ansible_bin() -> &'static Path {
+    static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| venv_bin("ansible-venv.sh", "DUFFY_ANSIBLE_VENV", ".venv-ansible"))
+}
