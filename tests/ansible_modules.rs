@@ -13,8 +13,8 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::OnceLock;
 
+use common::ipmi_sim::IpmiSim;
 use common::*;
 use serde_json::Value;
 
@@ -936,166 +936,41 @@ fn binaries_answer_json_without_ansible() {
 
 const BMC_USER: &str = "admin";
 
-/// Runs `.ci/ipmi-sim.sh` (installs `ipmi_sim` and `ipmitool`) once per test binary.
-fn ensure_simulator_installed() {
-    static DONE: OnceLock<Result<(), String>> = OnceLock::new();
-    let r = DONE.get_or_init(|| {
-        let script = repo().join(".ci/ipmi-sim.sh");
-        let o = Command::new("bash")
-            .arg(&script)
-            .stdin(std::process::Stdio::null())
-            .output()
-            .map_err(|e| format!("cannot run {}: {e}", script.display()))?;
-        if o.status.success() {
-            Ok(())
-        } else {
-            Err(format!("{}{}", stdout(&o), stderr(&o)))
-        }
-    });
-    if let Err(e) = r {
-        panic!("ipmi_power's tests need ipmi_sim and ipmitool (.ci/ipmi-sim.sh): {e}");
-    }
-}
-
-/// The simulator's chassis: power and boot device kept in files, every call logged.
-const CHASSIS_SCRIPT: &str = r#"#!/bin/sh
-D=$(dirname "$0"); shift; op=$1; shift
-echo "$op $*" >> "$D/calls.log"
-if [ "$op" = get ]; then
-  for k in "$@"; do case $k in
-    power) echo "power:$(cat "$D/power" 2>/dev/null || echo 0)";;
-    boot) echo "boot:$(cat "$D/boot" 2>/dev/null || echo none)";;
-  esac; done
-  exit 0
-fi
-while [ $# -ge 2 ]; do case $1 in
-  power) echo "$2" > "$D/power";;
-  shutdown) echo 0 > "$D/power";;
-  boot) echo "$2" > "$D/boot";;
-esac; shift 2; done
-"#;
-
-/// One `ipmi_sim` on 127.0.0.1, its own temp dir and UDP port, killed on drop.
+/// The shared simulator (tests/common/ipmi_sim.rs) with one admin account whose password is
+/// random, so that leak checks cannot match anything else.
 struct Sim {
-    dir: tempfile::TempDir,
+    bmc: IpmiSim,
     port: u16,
     password: String,
-    child: std::process::Child,
 }
 
 impl Sim {
     fn start() -> Sim {
-        ensure_simulator_installed();
-        let dir = tempfile::tempdir().unwrap();
-        let d = dir.path();
-        let script = d.join("chassis.sh");
-        std::fs::write(&script, CHASSIS_SCRIPT).unwrap();
-        Command::new("chmod")
-            .arg("+x")
-            .arg(&script)
-            .status()
-            .unwrap();
-        std::fs::create_dir(d.join("state")).unwrap();
-        let port = std::net::UdpSocket::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
         // at most 20 bytes (IPMI 2.0)
         let password = format!("Bmc-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
-        let lan = format!(
-            "name \"duffymod\"\nset_working_mc 0x20\n  startlan 1\n    addr 127.0.0.1 {port}\n\
-             \x20   priv_limit admin\n    allowed_auths_callback none md2 md5 straight\n\
-             \x20   allowed_auths_user none md2 md5 straight\n\
-             \x20   allowed_auths_operator none md2 md5 straight\n\
-             \x20   allowed_auths_admin none md2 md5 straight\n\
-             \x20   guid a123456789abcdefa123456789abcdef\n  endlan\n\
-             \x20 chassis_control \"{} 0x20\"\n\
-             \x20 user 2 true \"{BMC_USER}\" \"{password}\" admin 10 none md2 md5 straight\n",
-            script.display()
-        );
-        std::fs::write(d.join("lan.conf"), lan).unwrap();
-        std::fs::write(
-            d.join("bmc.emu"),
-            "mc_setbmc 0x20\nmc_add 0x20 0 no-device-sdrs 0x23 9 8 0x9f 0x1291 0xf02 persist_sdr\n\
-             sel_enable 0x20 1000 0x0a\nmc_enable 0x20\n",
-        )
-        .unwrap();
-        let log = std::fs::File::create(d.join("ipmi_sim.log")).unwrap();
-        let child = Command::new("ipmi_sim")
-            .current_dir(d)
-            .args(["-c", "lan.conf", "-f", "bmc.emu", "-s", "state", "-n"])
-            .stdin(std::process::Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("start ipmi_sim");
-        let sim = Sim {
-            dir,
-            port,
+        let bmc = IpmiSim::start(&[(BMC_USER, &password, "admin")]);
+        Sim {
+            port: bmc.port,
+            bmc,
             password,
-            child,
-        };
-        sim.wait_ready();
-        sim
-    }
-
-    /// Until the simulator answers an RMCP presence ping.
-    fn wait_ready(&self) {
-        let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        sock.set_read_timeout(Some(std::time::Duration::from_millis(100)))
-            .unwrap();
-        let ping = [
-            0x06, 0x00, 0xFF, 0x06, 0x00, 0x00, 0x11, 0xBE, 0x80, 0x42, 0x00, 0x00,
-        ];
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
-        let mut buf = [0u8; 64];
-        while std::time::Instant::now() < deadline {
-            let _ = sock.send_to(&ping, ("127.0.0.1", self.port));
-            if let Ok((n, _)) = sock.recv_from(&mut buf) {
-                if n >= 9 && buf[8] == 0x40 {
-                    return;
-                }
-            }
-            std::thread::sleep(std::time::Duration::from_millis(50));
         }
-        panic!("ipmi_sim did not come up on 127.0.0.1:{}", self.port);
     }
 
     fn file(&self, name: &str) -> Option<String> {
-        std::fs::read_to_string(self.dir.path().join(name))
-            .ok()
-            .map(|s| s.trim().to_string())
+        self.bmc.file(name)
     }
 
     fn set_calls(&self) -> Vec<String> {
-        self.file("calls.log")
-            .unwrap_or_default()
-            .lines()
+        self.bmc
+            .calls()
+            .into_iter()
             .filter(|l| l.starts_with("set "))
-            .map(str::to_string)
             .collect()
     }
 
     /// `ipmitool -I lanplus -C 3 …` against this simulator; its stdout.
     fn ipmitool(&self, args: &[&str]) -> String {
-        let port = self.port.to_string();
-        let o = Command::new("ipmitool")
-            .args(["-I", "lanplus", "-C", "3", "-H", "127.0.0.1", "-p", &port])
-            .args(["-U", BMC_USER, "-P", &self.password])
-            .args(args)
-            .stdin(std::process::Stdio::null())
-            .output()
-            .expect("run ipmitool");
-        assert!(o.status.success(), "ipmitool {args:?}: {}", stderr(&o));
-        stdout(&o)
-    }
-}
-
-impl Drop for Sim {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.bmc.ipmitool((BMC_USER, &self.password), args)
     }
 }
 

@@ -5,162 +5,41 @@
 //! The simulator is installed by `.ci/ipmi-sim.sh` (apt, idempotent), which the tests run
 //! themselves: they never skip; without root and without the packages they fail saying so.
 
-use std::io::{BufRead, BufReader, Write};
 use std::net::UdpSocket;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+mod common;
+
+use common::ipmi_sim::IpmiSim;
 use duffy::ipmi::{Bmc, BootDevice, IpmiError, PowerControl, PowerState, Privilege, Target};
 
 const ADMIN: (&str, &str) = ("admin", "s3cret-Adm1n");
 const OPERATOR: (&str, &str) = ("oper", "op-Secret-9");
 const VIEWER: (&str, &str) = ("viewer", "v1ew-Secret");
 
-/// Runs `.ci/ipmi-sim.sh` once per test binary.
-fn ensure_simulator_installed() {
-    static DONE: OnceLock<Result<(), String>> = OnceLock::new();
-    let r = DONE.get_or_init(|| {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join(".ci/ipmi-sim.sh");
-        let out = Command::new("bash")
-            .arg(&script)
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|e| format!("cannot run {}: {e}", script.display()))?;
-        if out.status.success() {
-            Ok(())
-        } else {
-            Err(format!(
-                "{} failed ({}): {}{}",
-                script.display(),
-                out.status,
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            ))
-        }
-    });
-    if let Err(e) = r {
-        panic!("the IPMI tests need OpenIPMI's ipmi_sim and ipmitool: {e}");
+/// The shared simulator (tests/common/ipmi_sim.rs) with this file's three accounts.
+struct Sim(IpmiSim);
+
+impl std::ops::Deref for Sim {
+    type Target = IpmiSim;
+    fn deref(&self) -> &IpmiSim {
+        &self.0
     }
 }
 
-/// Keeps power and boot device in files next to it and logs every call (one line each).
-const CHASSIS_SCRIPT: &str = r#"#!/bin/sh
-D=$(dirname "$0"); shift; op=$1; shift
-echo "$op $*" >> "$D/calls.log"
-if [ "$op" = get ]; then
-  for k in "$@"; do case $k in
-    power) echo "power:$(cat "$D/power" 2>/dev/null || echo 0)";;
-    boot) echo "boot:$(cat "$D/boot" 2>/dev/null || echo none)";;
-  esac; done
-  exit 0
-fi
-while [ $# -ge 2 ]; do case $1 in
-  power) echo "$2" > "$D/power";;
-  shutdown) echo 0 > "$D/power";;
-  boot) echo "$2" > "$D/boot";;
-esac; shift 2; done
-"#;
-
-/// One `ipmi_sim` on 127.0.0.1:`port`, killed on drop.
-struct Sim {
-    dir: tempfile::TempDir,
-    port: u16,
-    child: Child,
+impl std::ops::DerefMut for Sim {
+    fn deref_mut(&mut self) -> &mut IpmiSim {
+        &mut self.0
+    }
 }
 
 impl Sim {
     fn start() -> Sim {
-        ensure_simulator_installed();
-        let dir = tempfile::tempdir().expect("tempdir");
-        let d = dir.path();
-        let script = d.join("chassis.sh");
-        std::fs::write(&script, CHASSIS_SCRIPT).unwrap();
-        Command::new("chmod")
-            .arg("+x")
-            .arg(&script)
-            .status()
-            .unwrap();
-        std::fs::create_dir(d.join("state")).unwrap();
-        // a free UDP port: bind :0, note it, release it for ipmi_sim
-        let port = UdpSocket::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let user = |n: u8, (name, pw): (&str, &str), level: &str| {
-            format!("  user {n} true \"{name}\" \"{pw}\" {level} 10 none md2 md5 straight\n")
-        };
-        let lan = format!(
-            "name \"duffytest\"\n\
-             set_working_mc 0x20\n\
-             \x20 startlan 1\n\
-             \x20   addr 127.0.0.1 {port}\n\
-             \x20   priv_limit admin\n\
-             \x20   allowed_auths_callback none md2 md5 straight\n\
-             \x20   allowed_auths_user none md2 md5 straight\n\
-             \x20   allowed_auths_operator none md2 md5 straight\n\
-             \x20   allowed_auths_admin none md2 md5 straight\n\
-             \x20   guid a123456789abcdefa123456789abcdef\n\
-             \x20 endlan\n\
-             \x20 chassis_control \"{} 0x20\"\n{}{}{}",
-            script.display(),
-            user(2, ADMIN, "admin"),
-            user(3, OPERATOR, "operator"),
-            user(4, VIEWER, "user"),
-        );
-        std::fs::write(d.join("lan.conf"), lan).unwrap();
-        std::fs::write(
-            d.join("bmc.emu"),
-            "mc_setbmc 0x20\n\
-             mc_add 0x20 0 no-device-sdrs 0x23 9 8 0x9f 0x1291 0xf02 persist_sdr\n\
-             sel_enable 0x20 1000 0x0a\n\
-             mc_enable 0x20\n",
-        )
-        .unwrap();
-        let log = std::fs::File::create(d.join("ipmi_sim.log")).unwrap();
-        let child = Command::new("ipmi_sim")
-            .current_dir(d)
-            .args(["-c", "lan.conf", "-f", "bmc.emu", "-s", "state", "-n"])
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("start ipmi_sim");
-        let sim = Sim { dir, port, child };
-        sim.wait_ready();
-        sim
-    }
-
-    /// Until the simulator answers an RMCP presence ping (ASF, IANA 4542).
-    fn wait_ready(&self) {
-        let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
-        sock.set_read_timeout(Some(Duration::from_millis(100)))
-            .unwrap();
-        let ping = [
-            0x06, 0x00, 0xFF, 0x06, 0x00, 0x00, 0x11, 0xBE, 0x80, 0x42, 0x00, 0x00,
-        ];
-        let deadline = Instant::now() + Duration::from_secs(15);
-        let mut buf = [0u8; 64];
-        while Instant::now() < deadline {
-            let _ = sock.send_to(&ping, ("127.0.0.1", self.port));
-            if let Ok((n, _)) = sock.recv_from(&mut buf) {
-                if n >= 9 && buf[8] == 0x40 {
-                    return;
-                }
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!(
-            "ipmi_sim did not come up on 127.0.0.1:{}; its log:\n{}",
-            self.port,
-            std::fs::read_to_string(self.path("ipmi_sim.log")).unwrap_or_default()
-        );
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
+        Sim(IpmiSim::start(&[
+            (ADMIN.0, ADMIN.1, "admin"),
+            (OPERATOR.0, OPERATOR.1, "operator"),
+            (VIEWER.0, VIEWER.1, "user"),
+        ]))
     }
 
     fn target(&self, (user, password): (&str, &str)) -> Target {
@@ -177,21 +56,7 @@ impl Sim {
 
     /// `ipmitool -I lanplus -C 3 …` as admin against this simulator; its stdout.
     fn ipmitool(&self, args: &[&str]) -> String {
-        let port = self.port.to_string();
-        let out = Command::new("ipmitool")
-            .args(["-I", "lanplus", "-C", "3", "-H", "127.0.0.1", "-p", &port])
-            .args(["-U", ADMIN.0, "-P", ADMIN.1])
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .expect("run ipmitool");
-        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-        assert!(
-            out.status.success(),
-            "ipmitool {args:?} failed: {stdout}{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        stdout
+        self.0.ipmitool(ADMIN, args)
     }
 
     fn ipmitool_power(&self) -> PowerState {
@@ -205,39 +70,17 @@ impl Sim {
 
     /// The chassis script's power file ("0"/"1", "0" when never set).
     fn power_file(&self) -> String {
-        read_trim(&self.path("power")).unwrap_or_else(|| "0".into())
+        self.file("power").unwrap_or_else(|| "0".into())
     }
 
     fn boot_file(&self) -> Option<String> {
-        read_trim(&self.path("boot"))
-    }
-
-    /// The chassis script's calls so far ("set power 1", "get power", …).
-    fn calls(&self) -> Vec<String> {
-        match std::fs::File::open(self.path("calls.log")) {
-            Ok(f) => BufReader::new(f).lines().map_while(Result::ok).collect(),
-            Err(_) => vec![],
-        }
+        self.file("boot")
     }
 
     /// Power the chassis by writing the state file directly (not through IPMI).
     fn set_power_file(&self, on: bool) {
-        let mut f = std::fs::File::create(self.path("power")).unwrap();
-        writeln!(f, "{}", u8::from(on)).unwrap();
+        std::fs::write(self.path("power"), format!("{}\n", u8::from(on))).unwrap();
     }
-}
-
-impl Drop for Sim {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn read_trim(p: &Path) -> Option<String> {
-    std::fs::read_to_string(p)
-        .ok()
-        .map(|s| s.trim().to_string())
 }
 
 fn wait_until(what: &str, within: Duration, mut f: impl FnMut() -> bool) {

@@ -5,6 +5,8 @@
 //! tests run in parallel without sharing state.
 #![allow(dead_code)]
 
+pub mod ipmi_sim;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
