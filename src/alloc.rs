@@ -480,7 +480,7 @@ async fn fail_node(
             reason: Some(&format!("{what}: {reason}")),
             session_id: Some(session_id),
             changes: NodeChanges {
-                data_merge: Some(json!({"error": {"failed_at": now.format("%Y-%m-%dT%H:%M:%S%.6f").to_string(), "detail": what}})),
+                data_merge: Some(nodes::error_data(now, what)),
                 data_remove: vec!["nodes_spec".into()],
                 ..Default::default()
             },

@@ -193,6 +193,14 @@ pub async fn update_columns(
     .map(Node::from))
 }
 
+/// Upstream's `data.error` of a failed node (compat spec §1.3): `{"error": {"failed_at":
+/// "<naive ISO 8601 UTC>", "detail": "<text>"}}`, to merge with [`NodeChanges::data_merge`].
+pub fn error_data(now: NaiveDateTime, detail: &str) -> Json {
+    serde_json::json!({"error": {
+        "failed_at": now.format("%Y-%m-%dT%H:%M:%S%.6f").to_string(),
+        "detail": detail}})
+}
+
 /// Column changes made together with a transition (None = leave as is).
 #[derive(Debug, Clone, Default)]
 pub struct NodeChanges {

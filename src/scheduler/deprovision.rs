@@ -57,7 +57,7 @@ pub async fn enqueue(s: &Scheduler) -> Result<Report, SchedulerError> {
                         reason: Some(&detail),
                         session_id: None,
                         changes: NodeChanges {
-                            data_merge: Some(error_data(now, &detail)),
+                            data_merge: Some(nodes::error_data(now, &detail)),
                             ..Default::default()
                         },
                     },
@@ -82,10 +82,6 @@ pub async fn enqueue(s: &Scheduler) -> Result<Report, SchedulerError> {
     }
     tx.commit().await?;
     Ok(r)
-}
-
-fn error_data(now: chrono::NaiveDateTime, detail: &str) -> Json {
-    json!({"error": {"failed_at": now.format("%Y-%m-%dT%H:%M:%S%.6f").to_string(), "detail": detail}})
 }
 
 /// Does result object `res` match node `n` (every key equal in `data.provision`)?
@@ -297,7 +293,7 @@ async fn conclude(
                 reason: Some(reason),
                 session_id: None,
                 changes: NodeChanges {
-                    data_merge: Some(error_data(now, reason)),
+                    data_merge: Some(nodes::error_data(now, reason)),
                     ..Default::default()
                 },
             },

@@ -162,10 +162,6 @@ pub async fn fill_pool(s: &Scheduler, pool: &Pool) -> Result<usize, SchedulerErr
     Ok(groups.len())
 }
 
-fn error_data(now: chrono::NaiveDateTime, detail: &str) -> Json {
-    json!({"error": {"failed_at": now.format("%Y-%m-%dT%H:%M:%S%.6f").to_string(), "detail": detail}})
-}
-
 /// Mark `ids` (provisioning) failed with `reason`, then retry the job or give up.
 async fn fail_nodes(
     s: &Scheduler,
@@ -195,7 +191,7 @@ async fn fail_nodes(
                 reason: Some(&why),
                 session_id: None,
                 changes: NodeChanges {
-                    data_merge: Some(error_data(now, &why)),
+                    data_merge: Some(nodes::error_data(now, &why)),
                     ..Default::default()
                 },
             },
@@ -409,7 +405,7 @@ async fn give_up_now(
                 reason: Some(reason),
                 session_id: None,
                 changes: NodeChanges {
-                    data_merge: Some(error_data(now, reason)),
+                    data_merge: Some(nodes::error_data(now, reason)),
                     ..Default::default()
                 },
             },

@@ -182,9 +182,7 @@ impl Scheduler {
                     reason: Some(detail),
                     session_id: None,
                     changes: NodeChanges {
-                        data_merge: Some(json!({"error": {
-                            "failed_at": now.format("%Y-%m-%dT%H:%M:%S%.6f").to_string(),
-                            "detail": detail}})),
+                        data_merge: Some(nodes::error_data(now, detail)),
                         ..Default::default()
                     },
                 },
