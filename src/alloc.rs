@@ -167,7 +167,16 @@ pub async fn get(
     if !caller.row.is_admin && row.tenant_id != caller.row.id {
         return Err(SessionError::Forbidden("Forbidden".into()));
     }
-    views(&**c, cfg, vec![row])
+    view(&**c, cfg, row).await
+}
+
+/// The view of a session row the caller has already read (and is allowed to see).
+pub async fn view(
+    c: &impl crate::db::GenericClient,
+    cfg: &Config,
+    row: SessionRow,
+) -> Result<SessionView, SessionError> {
+    views(c, cfg, vec![row])
         .await?
         .pop()
         .ok_or(SessionError::NotFound)

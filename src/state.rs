@@ -8,32 +8,27 @@
 use std::fmt;
 use std::str::FromStr;
 
-use postgres_types::{FromSql, ToSql};
+use bytes::BytesMut;
+use postgres_types::{to_sql_checked, FromSql, IsNull, ToSql, Type};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 /// A node's state (`node_state_enum` in PostgreSQL).
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, ToSql, FromSql, Serialize, Deserialize,
-)]
-#[postgres(name = "node_state_enum")]
+///
+/// On the wire it is its label, as `node_state_enum` or as text: the library's SQL passes and
+/// reads states as text (`$1::text::node_state_enum`, `state::text`), so a fresh connection
+/// never has to look the enum type up in the catalog (four extra round trips for a short-lived
+/// module or CLI process).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum NodeState {
-    #[postgres(name = "unused")]
     Unused,
-    #[postgres(name = "provisioning")]
     Provisioning,
-    #[postgres(name = "ready")]
     Ready,
-    #[postgres(name = "contextualizing")]
     Contextualizing,
-    #[postgres(name = "deployed")]
     Deployed,
-    #[postgres(name = "deprovisioning")]
     Deprovisioning,
-    #[postgres(name = "done")]
     Done,
-    #[postgres(name = "failed")]
     Failed,
 }
 
@@ -86,6 +81,40 @@ impl FromStr for NodeState {
             .find(|st| st.as_str() == s)
             .ok_or_else(|| StateError::UnknownState(s.to_string()))
     }
+}
+
+fn sql_type_ok(ty: &Type) -> bool {
+    ty.name() == "node_state_enum" || <&str as FromSql>::accepts(ty)
+}
+
+impl<'a> FromSql<'a> for NodeState {
+    fn from_sql(
+        _ty: &Type,
+        raw: &'a [u8],
+    ) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
+        Ok(std::str::from_utf8(raw)?.parse()?)
+    }
+
+    fn accepts(ty: &Type) -> bool {
+        sql_type_ok(ty)
+    }
+}
+
+impl ToSql for NodeState {
+    fn to_sql(
+        &self,
+        _ty: &Type,
+        out: &mut BytesMut,
+    ) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        out.extend_from_slice(self.as_str().as_bytes());
+        Ok(IsNull::No)
+    }
+
+    fn accepts(ty: &Type) -> bool {
+        sql_type_ok(ty)
+    }
+
+    to_sql_checked!();
 }
 
 /// Who asks for a transition. Recorded in the audit trail.

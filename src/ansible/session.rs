@@ -116,17 +116,21 @@ impl Backend {
     /// One session (retired too), None if it does not exist.
     async fn get(&self, id: i64) -> anyhow::Result<Option<Value>> {
         match self {
-            Backend::Db { duffy, .. } => {
+            Backend::Db { duffy, tenant, .. } => {
                 let id =
                     i32::try_from(id).map_err(|_| anyhow!("session_id {id} is out of range"))?;
+                // one read of the row: the caller is the `tenant` option (checked like the
+                // API does) or, by default, the session's owner
                 let c = duffy.db.get().await?;
-                let exists = db::sessions::get(&**c, id).await?.is_some();
-                drop(c);
-                if !exists {
+                let Some(row) = db::sessions::get(&**c, id).await? else {
                     return Ok(None);
+                };
+                if let Some(t) = tenant {
+                    if !t.row.is_admin && row.tenant_id != t.row.id {
+                        return Err(session_error(SessionError::Forbidden("Forbidden".into())));
+                    }
                 }
-                let caller = self.caller(Some(id)).await?;
-                let v = alloc::get(&duffy.db, &duffy.cfg, &caller, id)
+                let v = alloc::view(&**c, &duffy.cfg, row)
                     .await
                     .map_err(session_error)?;
                 Ok(Some(v.to_json()))

@@ -22,8 +22,10 @@ pub struct Node {
     pub retired_at: Option<NaiveDateTime>,
 }
 
+/// The columns of a [`Node`], `state` as text (see [`NodeState`]'s SQL mapping: no enum type
+/// lookup on a fresh connection).
 pub const COLUMNS: &str =
-    "id, hostname, ipaddr, state, comment, pool, reusable, data, created_at, retired_at";
+    "id, hostname, ipaddr, state::text AS state, comment, pool, reusable, data, created_at, retired_at";
 
 impl From<&Row> for Node {
     fn from(r: &Row) -> Self {
@@ -70,10 +72,10 @@ pub async fn insert(
             &format!(
                 "WITH ins AS (
                    INSERT INTO nodes (hostname, ipaddr, state, comment, pool, reusable, data)
-                   VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING {COLUMNS}
+                   VALUES ($1, $2, $3::text::node_state_enum, $4, $5, $6, $7) RETURNING {COLUMNS}
                  ), hist AS (
                    INSERT INTO duffy_node_history (node_id, from_state, to_state, pool, actor, reason)
-                   SELECT id, NULL, state, pool, $8, $9 FROM ins
+                   SELECT id, NULL, state::node_state_enum, pool, $8, $9 FROM ins
                  ) SELECT * FROM ins"
             ),
             &[
@@ -258,10 +260,10 @@ pub async fn transition(
         .query(
             "WITH cand AS (
                SELECT id, state AS old_state FROM nodes
-               WHERE id = ANY($1) AND state = ANY($2) ORDER BY id FOR UPDATE
+               WHERE id = ANY($1) AND state = ANY($2::text[]::node_state_enum[]) ORDER BY id FOR UPDATE
              ), upd AS (
                UPDATE nodes n SET
-                 state    = $3,
+                 state    = $3::text::node_state_enum,
                  pool     = CASE WHEN $4 THEN $5 ELSE n.pool END,
                  hostname = CASE WHEN $6 THEN $7 ELSE n.hostname END,
                  ipaddr   = CASE WHEN $8 THEN $9 ELSE n.ipaddr END,
@@ -281,9 +283,9 @@ pub async fn transition(
                RETURNING n.id, cand.old_state, n.pool
              ), hist AS (
                INSERT INTO duffy_node_history (node_id, from_state, to_state, pool, session_id, actor, reason)
-               SELECT id, old_state, $3, pool, $16, $17, $18 FROM upd
+               SELECT id, old_state, $3::text::node_state_enum, pool, $16, $17, $18 FROM upd
              )
-             SELECT id, old_state FROM upd ORDER BY id",
+             SELECT id, old_state::text FROM upd ORDER BY id",
             &[
                 &req.node_ids,
                 &req.from,
@@ -363,7 +365,7 @@ pub struct HistoryEntry {
 pub async fn history(c: &impl GenericClient, node_id: i32) -> Result<Vec<HistoryEntry>, DbError> {
     let rows = c
         .query(
-            "SELECT from_state, to_state, actor, reason, session_id FROM duffy_node_history
+            "SELECT from_state::text, to_state::text, actor, reason, session_id FROM duffy_node_history
              WHERE node_id = $1 ORDER BY id",
             &[&node_id],
         )
@@ -398,7 +400,7 @@ pub async fn pool_levels(
 ) -> Result<Vec<(NodeState, i64)>, DbError> {
     let rows = c
         .query(
-            "SELECT state, count(*) FROM nodes WHERE retired_at IS NULL AND pool = $1 GROUP BY state",
+            "SELECT state::text, count(*) FROM nodes WHERE retired_at IS NULL AND pool = $1 GROUP BY state",
             &[&pool],
         )
         .await?;
