@@ -23,8 +23,9 @@
 //! - **adds the commands** in [`commands`], through ipmi-rs's public `IpmiCommand` trait:
 //!   Get Chassis Status, Chassis Control, Set/Get System Boot Options, Set Session Privilege
 //!   Level and Close Session;
-//! - **raises the session privilege** after activation (an RMCP+ session starts at USER level,
-//!   so Chassis Control would answer 0xD4 "insufficient privilege");
+//! - **raises the session privilege** before the first command that needs it (an RMCP+ session
+//!   starts at USER level, so Chassis Control would answer 0xD4 "insufficient privilege"; a
+//!   status query stays at USER and saves the exchange);
 //! - **retransmits** on a UDP timeout, in [`Bmc`] (a whole new session when activation times
 //!   out; the same command, with a new sequence number, inside a session), and maps ipmi-rs's
 //!   nested protocol errors onto [`IpmiError`] — wrong password, unreachable BMC, unsupported
@@ -488,6 +489,10 @@ pub struct Bmc {
     session_id: Option<u32>,
     /// The last exchange found the BMC unreachable: drop then tries to close only once.
     unreachable: bool,
+    /// The privilege the target asked for, raised to before the first command that needs
+    /// more than USER (a status query never pays for the extra exchange).
+    privilege: Privilege,
+    raised: bool,
 }
 
 impl fmt::Debug for Bmc {
@@ -501,7 +506,8 @@ impl fmt::Debug for Bmc {
 }
 
 impl Bmc {
-    /// Open an RMCP+ session (cipher suite 3) and raise it to `target.privilege`. Each try
+    /// Open an RMCP+ session (cipher suite 3); it is raised to `target.privilege` before the
+    /// first command that needs more than USER (power and boot options). Each try
     /// waits `target.timeout` per answer; a timed-out activation is retried from scratch on a
     /// fresh socket, `target.retries` times.
     pub fn connect(target: &Target) -> Result<Bmc, IpmiError> {
@@ -528,7 +534,7 @@ impl Bmc {
                 target.privilege.into(),
             ) {
                 Ok(()) => {
-                    let mut bmc = Bmc {
+                    let bmc = Bmc {
                         session_id: rmcp.session_id(),
                         rmcp,
                         addr: addr.clone(),
@@ -536,10 +542,10 @@ impl Bmc {
                         timeout: target.timeout,
                         tries,
                         unreachable: false,
+                        privilege: target.privilege,
+                        raised: target.privilege == Privilege::User,
                     };
                     tracing::debug!(bmc = %addr, user = %target.user, session = ?bmc.session_id, "IPMI session open");
-                    // on error, dropping `bmc` closes the session
-                    bmc.set_session_privilege(target.privilege)?;
                     return Ok(bmc);
                 }
                 Err(e) => ctx.activation(e),
@@ -682,8 +688,22 @@ impl Bmc {
         })
     }
 
-    fn set_session_privilege(&mut self, privilege: Privilege) -> Result<(), IpmiError> {
-        let what = format!("raise the session to {privilege} privilege");
+    /// Raise the session to the target's privilege, once (on error, dropping `self` closes
+    /// the session).
+    fn raise(&mut self, needed_by: &str) -> Result<(), IpmiError> {
+        if !self.raised {
+            self.set_session_privilege(self.privilege, needed_by)?;
+            self.raised = true;
+        }
+        Ok(())
+    }
+
+    fn set_session_privilege(
+        &mut self,
+        privilege: Privilege,
+        needed_by: &str,
+    ) -> Result<(), IpmiError> {
+        let what = format!("raise the session to {privilege} privilege for {needed_by}");
         match self.call(&what, SetSessionPrivilegeLevel(privilege)) {
             Ok(_) => Ok(()),
             // 0x80: level not available for this user; 0x81: exceeds the channel/user limit;
@@ -713,10 +733,9 @@ impl Bmc {
     /// Send Chassis Control, unconditionally (see [`Bmc::apply_power`] for idempotence).
     /// NB: a retransmitted `cycle`/`reset` whose first answer was lost may run twice.
     pub fn power(&mut self, control: PowerControl) -> Result<(), IpmiError> {
-        self.call(
-            &format!("Chassis Control ({control})"),
-            ChassisControl(control),
-        )
+        let what = format!("Chassis Control ({control})");
+        self.raise(&what)?;
+        self.call(&what, ChassisControl(control))
     }
 
     /// Idempotent power action: read the power state, then send what [`PowerControl::plan`]
@@ -769,6 +788,7 @@ impl Bmc {
         persistent: bool,
         efi: bool,
     ) -> Result<(), IpmiError> {
+        self.raise("Set System Boot Options")?;
         let optional = |r: Result<(), IpmiError>| match r {
             Ok(()) => Ok(true),
             Err(IpmiError::Command { .. }) => Ok(false),
@@ -802,7 +822,9 @@ impl Bmc {
 
     /// Read the boot flags back.
     pub fn get_bootdev(&mut self) -> Result<BootOverride, IpmiError> {
-        self.call("Get System Boot Options (boot flags)", GetBootFlags)
+        let what = "Get System Boot Options (boot flags)";
+        self.raise(what)?;
+        self.call(what, GetBootFlags)
     }
 
     /// Close the session now (Close Session), reporting failure; dropping does the same
