@@ -15,7 +15,6 @@ REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${DUFFY_ANSIBLE_VENV:-$REPO/.venv-ansible}"
 PYTHON="${PYTHON:-python3}"
 SPEC="${DUFFY_ANSIBLE_CORE:-ansible-core==2.19.*}"
-export PIP_DISABLE_PIP_VERSION_CHECK=1
 
 ready() {
     local v
@@ -27,28 +26,7 @@ ready() {
     esac
 }
 
-if ready; then
-    exit 0
-fi
-
-mkdir -p "$VENV"
-exec 9>"$VENV/.install.lock"
-flock 9
-if ready; then # another process finished the install while we waited
-    exit 0
-fi
-
-if ! "$VENV/bin/python" -c 'import sys' 2>/dev/null; then
-    echo "ansible-venv: creating $VENV" >&2
-    "$PYTHON" -m venv "$VENV"
-fi
-echo "ansible-venv: installing $SPEC into $VENV" >&2
-"$VENV/bin/python" -m pip install --quiet "$SPEC"
-
-if ! ready; then
-    echo "ansible-venv: $VENV/bin/ansible-inventory does not work after the install" >&2
-    "$VENV/bin/ansible-inventory" --version >&2 || true
-    exit 1
-fi
+source "$REPO/.ci/lib/venv.sh"
+venv_install ansible-venv "$VENV" ready -- "$SPEC"
 v="$("$VENV/bin/ansible-inventory" --version)"
 echo "ansible-venv: ${v%%$'\n'*}" >&2

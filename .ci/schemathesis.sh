@@ -37,34 +37,12 @@ pick_python() {
     echo python3
 }
 VERSION="${DUFFY_ST_VERSION:-4.32.5}"
-export PIP_DISABLE_PIP_VERSION_CHECK=1
 
 ready() {
     "$VENV/bin/st" --version 2>/dev/null | grep -q "version $VERSION\$"
 }
 
-if ready; then
-    exit 0
-fi
-
-mkdir -p "$VENV"
-exec 9>"$VENV/.install.lock"
-flock 9
-if ready; then # another process finished the install while we waited
-    exit 0
-fi
-
-if ! "$VENV/bin/python" -c 'import sys' 2>/dev/null; then
-    PYTHON="$(pick_python)"
-    echo "schemathesis-venv: creating $VENV with $PYTHON ($("$PYTHON" --version 2>&1))" >&2
-    "$PYTHON" -m venv "$VENV"
-fi
-echo "schemathesis-venv: installing schemathesis $VERSION into $VENV" >&2
-"$VENV/bin/python" -m pip install --quiet "schemathesis==$VERSION"
-
-if ! ready; then
-    echo "schemathesis-venv: $VENV/bin/st does not work after the install" >&2
-    "$VENV/bin/st" --version >&2 || true
-    exit 1
-fi
+ready && exit 0
+source "$REPO/.ci/lib/venv.sh"
+venv_install schemathesis-venv "$VENV" ready --python "$(pick_python)" -- "schemathesis==$VERSION"
 "$VENV/bin/st" --version >&2

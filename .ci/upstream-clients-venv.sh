@@ -16,7 +16,6 @@ set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${DUFFY_CLIENTS_VENV:-$REPO/.venv-clients}"
 PYTHON="${PYTHON:-python3}"
-export PIP_DISABLE_PIP_VERSION_CHECK=1
 
 ready() {
     "$VENV/bin/duffy" --version 2>/dev/null | grep -q 'version 3\.4\.0$' &&
@@ -24,28 +23,6 @@ ready() {
         [ -x "$VENV/bin/cico" ]
 }
 
-if ready; then
-    exit 0
-fi
-
-mkdir -p "$VENV"
-exec 9>"$VENV/.install.lock"
-flock 9
-if ready; then # another process finished the install while we waited
-    exit 0
-fi
-
-if ! "$VENV/bin/python" -c 'import sys' 2>/dev/null; then
-    echo "upstream-clients-venv: creating $VENV" >&2
-    "$PYTHON" -m venv "$VENV"
-fi
-echo "upstream-clients-venv: installing duffy[client] 3.4.0 and python-cicoclient into $VENV" >&2
-"$VENV/bin/python" -m pip install --quiet 'duffy[client]==3.4.0' python-cicoclient
-
-if ! ready; then
-    echo "upstream-clients-venv: the clients in $VENV do not work after the install" >&2
-    "$VENV/bin/duffy" --version >&2 || true
-    "$VENV/bin/python" -c 'import duffy.client, httpx, xdg, yaml, cicoclient' >&2 || true
-    exit 1
-fi
+source "$REPO/.ci/lib/venv.sh"
+venv_install upstream-clients-venv "$VENV" ready -- 'duffy[client]==3.4.0' python-cicoclient
 "$VENV/bin/duffy" --version >&2

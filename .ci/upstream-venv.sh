@@ -15,45 +15,26 @@ set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${DUFFY_UPSTREAM_VENV:-$REPO/.venv-upstream}"
 PYTHON="${PYTHON:-python3}"
-export PIP_DISABLE_PIP_VERSION_CHECK=1
 
 ready() {
     "$VENV/bin/duffy" --version 2>/dev/null | grep -q 'version 3\.4\.0$' &&
         "$VENV/bin/python" -c 'import psycopg, psycopg2, asyncpg, bcrypt' 2>/dev/null
 }
 
-if ready; then
-    exit 0
-fi
-
-mkdir -p "$VENV"
-exec 9>"$VENV/.install.lock"
-flock 9
-if ready; then # another process finished the install while we waited
-    exit 0
-fi
-
-if ! command -v pg_config >/dev/null; then
+# psycopg2 builds from source: pg_config (libpq-dev) and a C compiler
+need_pg_config() {
+    command -v pg_config >/dev/null && return 0
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
         echo "upstream-venv: installing libpq-dev (pg_config, needed to build psycopg2)" >&2
         apt-get update -qq
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libpq-dev gcc >/dev/null
     else
         echo "upstream-venv: pg_config not found; install libpq-dev (psycopg2 builds from source)" >&2
-        exit 1
+        return 1
     fi
-fi
+}
 
-if ! "$VENV/bin/python" -c 'import sys' 2>/dev/null; then
-    echo "upstream-venv: creating $VENV" >&2
-    "$PYTHON" -m venv "$VENV"
-fi
-echo "upstream-venv: installing duffy 3.4.0 into $VENV" >&2
-"$VENV/bin/python" -m pip install --quiet 'duffy[app,database,postgresql]==3.4.0' 'psycopg[binary]'
-
-if ! ready; then
-    echo "upstream-venv: $VENV/bin/duffy does not work after the install" >&2
-    "$VENV/bin/duffy" --version >&2 || true
-    exit 1
-fi
+source "$REPO/.ci/lib/venv.sh"
+venv_install upstream-venv "$VENV" ready --before need_pg_config -- \
+    'duffy[app,database,postgresql]==3.4.0' 'psycopg[binary]'
 "$VENV/bin/duffy" --version >&2
