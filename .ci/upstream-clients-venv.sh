@@ -23,6 +23,7 @@ ready() {
         [ -x "$VENV/bin/cico" ]
 }
 
+ready && exit 0
 source "$REPO/.ci/lib/venv.sh"
 venv_install upstream-clients-venv "$VENV" ready -- 'duffy[client]==3.4.0' python-cicoclient
 "$VENV/bin/duffy" --version >&2

@@ -34,6 +34,7 @@ need_pg_config() {
     fi
 }
 
+ready && exit 0
 source "$REPO/.ci/lib/venv.sh"
 venv_install upstream-venv "$VENV" ready --before need_pg_config -- \
     'duffy[app,database,postgresql]==3.4.0' 'psycopg[binary]'
