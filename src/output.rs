@@ -1,5 +1,6 @@
 //! Output documents in upstream `duffy client`'s formats (compat spec §6.4):
-//! `json` (one line, Python `json.dumps` separators, non-ASCII escaped, key order kept),
+//! `json` (Python `json.dumps`: one line for `duffy admin`, `indent=4` for `duffy client`;
+//! non-ASCII escaped, key order kept, Python float repr),
 //! `yaml` (block style, keys sorted, followed by an empty line) and `flat` (`key=value` pairs,
 //! shell-quoted strings, `TRUE`/`FALSE`, nested keys joined with `_`).
 
@@ -19,34 +20,95 @@ pub enum Format {
     Flat,
 }
 
-/// serde_json formatter reproducing Python's `json.dumps(obj)` (ensure_ascii, `", "`, `": "`).
-struct PythonFormatter;
+/// serde_json formatter reproducing Python's `json.dumps(obj)` (one line: `", "`, `": "`) and
+/// `json.dumps(obj, indent=4)` (`","` at line ends, four-space indents, `": "`), both with
+/// `ensure_ascii` (everything outside `' '..='~'` as `\uXXXX`) and Python's float repr.
+struct PythonJson {
+    pretty: bool,
+    depth: usize,
+    has_value: bool,
+}
 
-impl serde_json::ser::Formatter for PythonFormatter {
+impl PythonJson {
+    fn newline<W: ?Sized + io::Write>(&self, w: &mut W) -> io::Result<()> {
+        w.write_all(b"\n")?;
+        for _ in 0..self.depth {
+            w.write_all(b"    ")?;
+        }
+        Ok(())
+    }
+
+    fn open<W: ?Sized + io::Write>(&mut self, w: &mut W, bracket: &[u8]) -> io::Result<()> {
+        self.depth += 1;
+        self.has_value = false;
+        w.write_all(bracket)
+    }
+
+    fn close<W: ?Sized + io::Write>(&mut self, w: &mut W, bracket: &[u8]) -> io::Result<()> {
+        self.depth -= 1;
+        if self.pretty && self.has_value {
+            self.newline(w)?;
+        }
+        w.write_all(bracket)
+    }
+
+    fn item<W: ?Sized + io::Write>(&mut self, w: &mut W, first: bool) -> io::Result<()> {
+        match (self.pretty, first) {
+            (false, true) => Ok(()),
+            (false, false) => w.write_all(b", "),
+            (true, first) => {
+                if !first {
+                    w.write_all(b",")?;
+                }
+                self.newline(w)
+            }
+        }
+    }
+}
+
+impl serde_json::ser::Formatter for PythonJson {
+    fn write_f64<W: ?Sized + io::Write>(&mut self, w: &mut W, value: f64) -> io::Result<()> {
+        w.write_all(python_float(value).as_bytes())
+    }
+    fn write_f32<W: ?Sized + io::Write>(&mut self, w: &mut W, value: f32) -> io::Result<()> {
+        self.write_f64(w, value as f64)
+    }
+    fn begin_array<W: ?Sized + io::Write>(&mut self, w: &mut W) -> io::Result<()> {
+        self.open(w, b"[")
+    }
+    fn end_array<W: ?Sized + io::Write>(&mut self, w: &mut W) -> io::Result<()> {
+        self.close(w, b"]")
+    }
     fn begin_array_value<W: ?Sized + io::Write>(
         &mut self,
         w: &mut W,
         first: bool,
     ) -> io::Result<()> {
-        if first {
-            Ok(())
-        } else {
-            w.write_all(b", ")
-        }
+        self.item(w, first)
+    }
+    fn end_array_value<W: ?Sized + io::Write>(&mut self, _w: &mut W) -> io::Result<()> {
+        self.has_value = true;
+        Ok(())
+    }
+    fn begin_object<W: ?Sized + io::Write>(&mut self, w: &mut W) -> io::Result<()> {
+        self.open(w, b"{")
+    }
+    fn end_object<W: ?Sized + io::Write>(&mut self, w: &mut W) -> io::Result<()> {
+        self.close(w, b"}")
     }
     fn begin_object_key<W: ?Sized + io::Write>(
         &mut self,
         w: &mut W,
         first: bool,
     ) -> io::Result<()> {
-        if first {
-            Ok(())
-        } else {
-            w.write_all(b", ")
-        }
+        self.item(w, first)
     }
     fn begin_object_value<W: ?Sized + io::Write>(&mut self, w: &mut W) -> io::Result<()> {
         w.write_all(b": ")
+    }
+    fn end_object_value<W: ?Sized + io::Write>(&mut self, _w: &mut W) -> io::Result<()> {
+        self.has_value = true;
+        Ok(())
     }
     fn write_string_fragment<W: ?Sized + io::Write>(
         &mut self,
@@ -54,7 +116,7 @@ impl serde_json::ser::Formatter for PythonFormatter {
         fragment: &str,
     ) -> io::Result<()> {
         for c in fragment.chars() {
-            if c.is_ascii() {
+            if (' '..='~').contains(&c) {
                 w.write_all(&[c as u8])?;
             } else {
                 let mut buf = [0u16; 2];
@@ -67,12 +129,74 @@ impl serde_json::ser::Formatter for PythonFormatter {
     }
 }
 
-/// One-line JSON like Python's `json.dumps`.
-pub fn to_python_json<T: Serialize>(v: &T) -> String {
+fn python_json<T: Serialize>(v: &T, pretty: bool) -> String {
     let mut out = Vec::new();
-    let mut ser = serde_json::Serializer::with_formatter(&mut out, PythonFormatter);
+    let fmt = PythonJson {
+        pretty,
+        depth: 0,
+        has_value: false,
+    };
+    let mut ser = serde_json::Serializer::with_formatter(&mut out, fmt);
     v.serialize(&mut ser).expect("serialising to memory");
     String::from_utf8(out).expect("ascii output")
+}
+
+/// One-line JSON like Python's `json.dumps(v)`.
+pub fn to_python_json<T: Serialize>(v: &T) -> String {
+    python_json(v, false)
+}
+
+/// Python's `json.dumps(v, indent=4)` (no final newline).
+pub fn to_python_json_indented<T: Serialize>(v: &T) -> String {
+    python_json(v, true)
+}
+
+/// Python's `repr(float)`: shortest round-trip digits, exponent form below 1e-4 and from 1e16.
+pub fn python_float(f: f64) -> String {
+    if f.is_nan() {
+        return "NaN".into();
+    }
+    if f.is_infinite() {
+        return if f > 0.0 { "Infinity" } else { "-Infinity" }.into();
+    }
+    if f == 0.0 {
+        return if f.is_sign_negative() { "-0.0" } else { "0.0" }.into();
+    }
+    let sci = format!("{:e}", f); // e.g. "-1.5e-7", "2.16e4"
+    let (mant, exp) = sci.split_once('e').expect("{:e} has an exponent");
+    let exp: i32 = exp.parse().expect("exponent");
+    let (neg, mant) = match mant.strip_prefix('-') {
+        Some(m) => (true, m),
+        None => (false, mant),
+    };
+    let digits: String = mant.chars().filter(|c| *c != '.').collect();
+    let sign = if neg { "-" } else { "" };
+    if (-4..16).contains(&exp) {
+        let n = digits.len() as i32;
+        let s = if exp >= 0 {
+            let int_len = exp + 1;
+            if n <= int_len {
+                format!("{digits}{}.0", "0".repeat((int_len - n) as usize))
+            } else {
+                format!(
+                    "{}.{}",
+                    &digits[..int_len as usize],
+                    &digits[int_len as usize..]
+                )
+            }
+        } else {
+            format!("0.{}{digits}", "0".repeat((-exp - 1) as usize))
+        };
+        format!("{sign}{s}")
+    } else {
+        let m = if digits.len() == 1 {
+            digits.clone()
+        } else {
+            format!("{}.{}", &digits[..1], &digits[1..])
+        };
+        let esign = if exp < 0 { "-" } else { "+" };
+        format!("{sign}{m}e{esign}{:02}", exp.abs())
+    }
 }
 
 fn sorted(v: &Value) -> serde_yaml::Value {
