@@ -1,7 +1,10 @@
 //! Running a pool's provision/deprovision playbook (compat spec §8.3–8.5).
 //!
-//! `ansible-playbook -i localhost, -c local -e @<vars.json> <playbook>` in the mechanism's
-//! `topdir`, with the templated extra vars (pool vars + `duffy_in`) in a JSON file. The result is
+//! `ansible-playbook -i <inventory> -e @<vars.json> <playbook>` in the mechanism's `topdir`, with
+//! the templated extra vars (pool vars + `duffy_in`) in a JSON file. The inventory holds only
+//! `localhost` the way ansible-runner's implicit localhost (upstream's runner) has it: local
+//! connection, the controller's own Python — and nothing forces other hosts onto the local
+//! connection, so playbooks that `add_host` new machines (EC2) reach them over SSH. The result is
 //! the value of the last successful `set_fact` of `duffy_out` (short or FQCN action name), which
 //! a small callback plugin shipped with duffy (`duffy_out.py`, written next to the run) saves to
 //! `$DUFFY_OUT_FILE` — so upstream's playbooks work unchanged. The run is time-limited (the whole
@@ -138,6 +141,9 @@ impl Drop for RunDir {
     }
 }
 
+/// The run's inventory: ansible-runner's implicit localhost.
+const INVENTORY: &str = "localhost ansible_connection=local ansible_python_interpreter=\"{{ ansible_playbook_python }}\"\n";
+
 /// Run the playbook. `Ok(duffy_out)` if it ended successfully (`None`: it set no `duffy_out`),
 /// `Err(reason)` otherwise (failed, timed out, could not start).
 pub async fn run(r: &Run<'_>) -> Result<Option<Json>, String> {
@@ -146,6 +152,7 @@ pub async fn run(r: &Run<'_>) -> Result<Option<Json>, String> {
     let setup = || -> std::io::Result<()> {
         std::fs::create_dir_all(dir.0.join("callback_plugins"))?;
         std::fs::write(dir.0.join("callback_plugins/duffy_out.py"), CALLBACK)?;
+        std::fs::write(dir.0.join("inventory.ini"), INVENTORY)?;
         std::fs::write(
             dir.0.join("vars.json"),
             serde_json::to_vec(r.extra_vars).expect("json"),
@@ -170,9 +177,7 @@ pub async fn run(r: &Run<'_>) -> Result<Option<Json>, String> {
     let mut cmd = tokio::process::Command::new(r.ansible_playbook);
     cmd.current_dir(r.topdir)
         .arg("-i")
-        .arg("localhost,")
-        .arg("-c")
-        .arg("local")
+        .arg(dir.0.join("inventory.ini"))
         .arg("-e")
         .arg(format!("@{}", dir.0.join("vars.json").display()))
         .arg(r.playbook)
