@@ -1,5 +1,7 @@
-//! `duffy scheduler [--once]`: keep pools filled, run provision/deprovision playbooks, expire
-//! sessions (`crate::scheduler`). Applies migrations first unless told not to, like `serve`.
+//! `duffy scheduler [--once] [--pool NAME]…`: keep pools filled, run provision/deprovision
+//! playbooks, expire sessions (`crate::scheduler`). Applies migrations first unless told not to,
+//! like `serve`. `--once` prints a summary line, then `pool NAME: fill-level L, filled B -> A`
+//! per selected pool with a fill level (read by `playbooks/refill.yml`).
 
 use std::sync::Arc;
 
@@ -8,7 +10,7 @@ use clap::Args;
 use super::{CliError, CliResult};
 use crate::config::Config;
 use crate::db::{self, migrate};
-use crate::scheduler::{self, Scheduler};
+use crate::scheduler::{self, fill, Scheduler};
 
 #[derive(Args, Debug)]
 pub struct SchedulerArgs {
@@ -21,6 +23,9 @@ pub struct SchedulerArgs {
     /// Database connections of this process
     #[arg(long, default_value_t = 8)]
     pub db_connections: usize,
+    /// Only fill this concrete pool and run only its jobs (repeatable; default: every pool)
+    #[arg(long = "pool", value_name = "NAME")]
+    pub pools: Vec<String>,
 }
 
 pub fn run(a: SchedulerArgs, cfg: Config) -> CliResult {
@@ -32,6 +37,15 @@ pub fn run(a: SchedulerArgs, cfg: Config) -> CliResult {
 }
 
 async fn main(a: SchedulerArgs, cfg: Config) -> CliResult {
+    for p in &a.pools {
+        if !cfg.concrete_pools().any(|c| &c.name == p) {
+            let known: Vec<&str> = cfg.concrete_pools().map(|c| c.name.as_str()).collect();
+            return Err(CliError::Usage(format!(
+                "--pool {p}: no such concrete pool in the configuration (known: {})",
+                known.join(", ")
+            )));
+        }
+    }
     let url = cfg.database_url()?;
     if !a.no_migrate {
         db::ensure_database(&url).await?;
@@ -44,15 +58,34 @@ async fn main(a: SchedulerArgs, cfg: Config) -> CliResult {
             detail: e.to_string(),
         })?;
     }
-    let s = Arc::new(Scheduler::new(dbh, Arc::new(cfg)));
+    let s = Arc::new(Scheduler::new(dbh, Arc::new(cfg)).only_pools(&a.pools));
     if a.once {
-        let r = scheduler::run_once(s)
-            .await
-            .map_err(|e| CliError::Other(e.to_string()))?;
+        // the fill count of each selected pool before and after the pass (playbooks/refill.yml)
+        let filled = |s: Arc<Scheduler>| async move {
+            let c = s.db.get().await?;
+            let mut v = Vec::new();
+            for p in s.cfg.concrete_pools() {
+                if let (Some(level), true) = (p.fill_level, s.selected(&p.name)) {
+                    v.push((
+                        p.name.clone(),
+                        level,
+                        fill::fill_count(&**c, &p.name).await?,
+                    ));
+                }
+            }
+            Ok::<_, scheduler::SchedulerError>(v)
+        };
+        let err = |e: scheduler::SchedulerError| CliError::Other(e.to_string());
+        let before = filled(s.clone()).await.map_err(err)?;
+        let r = scheduler::run_once(s.clone()).await.map_err(err)?;
+        let after = filled(s).await.map_err(err)?;
         println!(
-            "sessions expired: {}, nodes recovered: {}, jobs queued: {}, done: {}, retried: {}, failed: {}",
-            r.sessions_expired, r.nodes_recovered, r.jobs_queued, r.jobs_done, r.jobs_retried, r.jobs_failed
+            "sessions expired: {}, nodes recovered: {}, jobs queued: {}, done: {}, retried: {}, failed: {}, nodes provisioned: {}",
+            r.sessions_expired, r.nodes_recovered, r.jobs_queued, r.jobs_done, r.jobs_retried, r.jobs_failed, r.nodes_provisioned
         );
+        for ((name, level, b), (_, _, a)) in before.iter().zip(&after) {
+            println!("pool {name}: fill-level {level}, filled {b} -> {a}");
+        }
         return Ok(());
     }
     scheduler::run_daemon(s, url)

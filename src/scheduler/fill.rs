@@ -26,7 +26,7 @@ use crate::state::{Actor, NodeState};
 pub async fn fill_all(s: &Scheduler) -> Result<Report, SchedulerError> {
     let mut r = Report::default();
     for pool in s.cfg.concrete_pools() {
-        if pool.fill_level.is_none() || pool.mechanism.is_none() {
+        if pool.fill_level.is_none() || pool.mechanism.is_none() || !s.selected(&pool.name) {
             continue;
         }
         match fill_pool(s, pool).await {
@@ -373,6 +373,8 @@ pub async fn run_provision(s: &Scheduler, job: &Job) -> Result<Outcome, Schedule
             }
         }
     }
+    s.provisioned
+        .fetch_add(ready.len(), std::sync::atomic::Ordering::Relaxed);
     if !failed.is_empty() {
         return fail_nodes(s, job, &failed).await;
     }

@@ -62,6 +62,8 @@ pub struct Report {
     pub jobs_done: usize,
     pub jobs_retried: usize,
     pub jobs_failed: usize,
+    /// nodes that provision jobs made `ready`
+    pub nodes_provisioned: usize,
 }
 
 impl Report {
@@ -72,6 +74,7 @@ impl Report {
         self.jobs_done += o.jobs_done;
         self.jobs_retried += o.jobs_retried;
         self.jobs_failed += o.jobs_failed;
+        self.nodes_provisioned += o.nodes_provisioned;
     }
 }
 
@@ -95,6 +98,10 @@ pub struct Scheduler {
     limits: serde_json::Value,
     /// ids of the jobs this process is running
     running: std::sync::Mutex<Vec<i64>>,
+    /// `--pool`: the only pools this process fills and runs jobs for (None: all)
+    pools: Option<Vec<String>>,
+    /// nodes this process's provision jobs made `ready`
+    pub provisioned: std::sync::atomic::AtomicUsize,
 }
 
 impl Scheduler {
@@ -123,7 +130,35 @@ impl Scheduler {
             owner,
             limits: serde_json::Value::Object(limits),
             running: Default::default(),
+            pools: None,
+            provisioned: Default::default(),
         }
+    }
+
+    /// Restrict this process to `pools` (`duffy scheduler --pool`; empty: every pool): only they
+    /// are filled, and only their jobs are claimed (a limit of 0 running jobs for every other
+    /// configured pool). Expiry, recovery and the queueing of deprovision jobs stay global:
+    /// they only record work that any scheduler then runs.
+    pub fn only_pools(mut self, pools: &[String]) -> Scheduler {
+        if pools.is_empty() {
+            return self;
+        }
+        if let Some(m) = self.limits.as_object_mut() {
+            for p in self.cfg.concrete_pools() {
+                if !pools.contains(&p.name) {
+                    m.insert(p.name.clone(), json!(0));
+                }
+            }
+        }
+        self.pools = Some(pools.to_vec());
+        self
+    }
+
+    /// Does this process fill `pool` and run its jobs?
+    pub fn selected(&self, pool: &str) -> bool {
+        self.pools
+            .as_ref()
+            .is_none_or(|p| p.iter().any(|x| x == pool))
     }
 
     fn lease_secs(&self) -> f64 {
@@ -429,6 +464,7 @@ pub async fn run_once(s: Arc<Scheduler>) -> Result<Report, SchedulerError> {
             None => break,
         }
     }
+    report.nodes_provisioned = s.provisioned.load(std::sync::atomic::Ordering::Relaxed);
     Ok(report)
 }
 
