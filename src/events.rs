@@ -17,6 +17,11 @@ pub enum Event {
     SessionRetired { session_id: i32, node_ids: Vec<i32> },
     /// a creation failed after reserving nodes: these pools may need refilling
     SessionFailed { pools: Vec<String> },
+    /// an operator changed these nodes' states (e.g. to `deprovisioning` or `failed`)
+    NodesChanged {
+        node_ids: Vec<i32>,
+        pools: Vec<String>,
+    },
 }
 
 /// Queue `event` on `channel`; delivered when the surrounding transaction commits.

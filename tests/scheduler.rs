@@ -908,3 +908,58 @@ fn database_connections_lost_are_reopened_and_events_still_heard() {
     );
     drop(d);
 }
+
+/// `duffy_node` (the operators' and teardown.yml's way to take a node out) is guarded by
+/// `from_states` on the locked row, and its change wakes a running scheduler through NOTIFY:
+/// with 1 h intervals, only the event can get the node torn down and the pool refilled.
+#[test]
+fn an_operator_taking_a_node_out_wakes_the_scheduler() {
+    let lab = Lab::new(
+        "",
+        &pool(
+            "eph",
+            &format!(
+                "fill-level: 1\n{}",
+                mechanism("ok.yml", Some("deprovision.yml"))
+            ),
+        ),
+    );
+    let d = lab.daemon("daemon.log");
+    lab.wait_for("SELECT state FROM nodes", "ready", Duration::from_secs(30));
+    let host = lab.one("SELECT hostname FROM nodes");
+    let node = |from: &[&str]| -> serde_json::Value {
+        let args = lab.top.join("node-args.json");
+        let v = serde_json::json!({
+            "hostname": host, "state": "deprovisioning", "from_states": from,
+            "reason": "disk errors", "config": lab.cfg.path,
+        });
+        std::fs::write(&args, v.to_string()).unwrap();
+        let o = Command::new(env!("CARGO_BIN_EXE_duffy_node"))
+            .arg(&args)
+            .output()
+            .unwrap();
+        serde_json::from_slice(&o.stdout).expect("one JSON object")
+    };
+    let refused = node(&["deployed"]);
+    assert_eq!(refused["failed"], true, "{refused}");
+    let msg = refused["msg"].as_str().unwrap();
+    assert!(
+        msg.contains("is ready, not one of from_states [deployed]"),
+        "{msg}"
+    );
+    assert_eq!(lab.one("SELECT state FROM nodes"), "ready");
+
+    let started = Instant::now();
+    let moved = node(&["ready", "failed"]);
+    assert_eq!(moved["changed"], true, "{moved}");
+    lab.wait_for(
+        "SELECT state || ':' || count(*) FROM nodes GROUP BY state ORDER BY state",
+        "ready:1,done:1",
+        Duration::from_secs(20),
+    );
+    let took = started.elapsed();
+    drop(d);
+    let log = lab.log("daemon.log");
+    assert!(log.contains("changed by an operator"), "{log}");
+    eprintln!("teardown + refill after the operator's change: {took:?}");
+}

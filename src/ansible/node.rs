@@ -20,6 +20,7 @@ use super::{actor, Dflt, Duffy, Failure, Module, Opt, Outcome, Run, Spec, Type};
 use crate::config::secrets::is_secret_key;
 use crate::db::nodes::{self, NewNode, Node, NodeChanges, NodeUpdate, TransitionRequest};
 use crate::db::{self, audit};
+use crate::events::{self, Event};
 use crate::state::{self, Actor, NodeState};
 use crate::timefmt;
 
@@ -48,6 +49,21 @@ const OPTIONS: &[Opt] = &[
         .default(Dflt::Str("present")),
     Opt::str("reason"),
     Opt::str("initial_state").choices(&["unused", "ready", "failed"]),
+    Opt::new("from_states", Type::List)
+        .elements(Type::Str)
+        .choices(ALL_STATES),
+];
+
+/// Every node state (the choices of `from_states`).
+const ALL_STATES: &[&str] = &[
+    "unused",
+    "provisioning",
+    "ready",
+    "contextualizing",
+    "deployed",
+    "deprovisioning",
+    "done",
+    "failed",
 ];
 
 pub const MODULE: Module = Module {
@@ -352,6 +368,21 @@ fn run(run: &mut Run) -> anyhow::Result<Outcome> {
         };
         let to = to.filter(|t| *t != n.state);
         if let Some(t) = to {
+            // checked on the row as locked by this transaction: no allocation can slip in
+            // between this check and the change
+            if let Some(from) = run.params.list("from_states") {
+                let allowed: Vec<&str> = from.iter().filter_map(|v| v.as_str()).collect();
+                if !allowed.contains(&n.state.as_str()) {
+                    return Err(Failure::new(format!(
+                        "node {name} (id {}) is {}, not one of from_states [{}]: not changed to {t}",
+                        n.id,
+                        n.state,
+                        allowed.join(", ")
+                    ))
+                    .with("node", view(&n))
+                    .into());
+                }
+            }
             if let Err(e) = state::check(n.state, t, Actor::Operator) {
                 return Err(refusal(&n, &name, &wanted, t, e).into());
             }
@@ -414,6 +445,17 @@ fn run(run: &mut Run) -> anyhow::Result<Outcome> {
                         retire,
                         ..Default::default()
                     },
+                },
+            )
+            .await?;
+            // wake the scheduler: a node to deprovision, or a pool below its level
+            let pools: Vec<String> = n.pool.iter().cloned().collect();
+            events::notify(
+                &*tx,
+                &duffy.cfg.events.channel,
+                &Event::NodesChanged {
+                    node_ids: vec![n.id],
+                    pools,
                 },
             )
             .await?;

@@ -490,6 +490,9 @@ fn describe_event(payload: &str) -> String {
             node_ids,
         }) => format!("session {session_id} retired (nodes {node_ids:?})"),
         Ok(Event::SessionFailed { pools }) => format!("session creation failed (pools {pools:?})"),
+        Ok(Event::NodesChanged { node_ids, pools }) => {
+            format!("nodes {node_ids:?} changed by an operator (pools {pools:?})")
+        }
         Err(_) => format!("event {payload:?}"),
     }
 }
