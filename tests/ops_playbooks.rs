@@ -197,12 +197,7 @@ impl Ops {
     }
 
     fn q(&self, sql: &str) -> String {
-        self.db
-            .query_strings(sql)
-            .into_iter()
-            .map(|v| v.unwrap_or_else(|| "NULL".into()))
-            .collect::<Vec<_>>()
-            .join(",")
+        self.db.rows(sql).join(",")
     }
 
     /// `state` of every non-retired node of `pool`, in id order.

@@ -331,17 +331,11 @@ impl World {
     }
 
     fn q(&self, sql: &str) -> Vec<String> {
-        self.db
-            .query_strings(sql)
-            .into_iter()
-            .map(|v| v.unwrap_or_else(|| "NULL".into()))
-            .collect()
+        self.db.rows(sql)
     }
 
     fn one(&self, sql: &str) -> String {
-        let v = self.q(sql);
-        assert_eq!(v.len(), 1, "{sql}: {v:?}");
-        v[0].clone()
+        self.db.one(sql)
     }
 
     fn history(&self, host: &str) -> Vec<String> {

@@ -172,32 +172,15 @@ impl Lab {
     }
 
     fn q(&self, sql: &str) -> Vec<String> {
-        self.db
-            .query_strings(sql)
-            .into_iter()
-            .map(|v| v.unwrap_or_else(|| "NULL".into()))
-            .collect()
+        self.db.rows(sql)
     }
 
     fn one(&self, sql: &str) -> String {
-        let v = self.q(sql);
-        assert_eq!(v.len(), 1, "{sql}: {v:?}");
-        v[0].clone()
+        self.db.one(sql)
     }
 
     fn wait_for(&self, sql: &str, want: &str, timeout: Duration) {
-        let start = Instant::now();
-        loop {
-            let got = self.q(sql).join(",");
-            if got == want {
-                return;
-            }
-            assert!(
-                start.elapsed() < timeout,
-                "waited {timeout:?} for `{sql}` = {want:?}, got {got:?}"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        self.db.wait_for(sql, want, timeout)
     }
 
     /// Run `f` with the library's view of this lab (config, database pool).

@@ -105,6 +105,38 @@ impl TestDb {
         .unwrap()
     }
 
+    /// The first column of every row as text, SQL NULL as `"NULL"`.
+    pub fn rows(&self, sql: &str) -> Vec<String> {
+        self.query_strings(sql)
+            .into_iter()
+            .map(|v| v.unwrap_or_else(|| "NULL".into()))
+            .collect()
+    }
+
+    /// The first column of the only row (panics unless there is exactly one).
+    pub fn one(&self, sql: &str) -> String {
+        let v = self.rows(sql);
+        assert_eq!(v.len(), 1, "{sql}: {v:?}");
+        v[0].clone()
+    }
+
+    /// Poll `sql` every 100 ms until its rows, joined with `,`, are `want`; panics after
+    /// `timeout` with what it got.
+    pub fn wait_for(&self, sql: &str, want: &str, timeout: std::time::Duration) {
+        let start = std::time::Instant::now();
+        loop {
+            let got = self.rows(sql).join(",");
+            if got == want {
+                return;
+            }
+            assert!(
+                start.elapsed() < timeout,
+                "waited {timeout:?} for `{sql}` = {want:?}, got {got:?}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+
     /// Run SQL statements (no result).
     pub fn exec(&self, sql: &str) {
         let url = self.url.clone();
