@@ -144,17 +144,6 @@ impl Env {
     }
 }
 
-fn ok(o: &Output) -> String {
-    assert!(
-        o.status.success(),
-        "exit {:?}\nstdout: {}\nstderr: {}",
-        o.status.code(),
-        stdout(o),
-        stderr(o)
-    );
-    stdout(o)
-}
-
 fn json_of(o: &Output) -> Value {
     serde_json::from_str(&ok(o)).expect("JSON output")
 }
