@@ -112,21 +112,26 @@ impl SessionView {
     }
 }
 
-/// Attach tenants and nodes to session rows (three queries whatever the number of sessions).
+/// Attach tenants and nodes to session rows (two pipelined queries whatever the number of
+/// sessions).
 async fn views(
     c: &impl crate::db::GenericClient,
     cfg: &Config,
     rows: Vec<SessionRow>,
 ) -> Result<Vec<SessionView>, DbError> {
     let ids: Vec<i32> = rows.iter().map(|r| r.id).collect();
-    let mut links = q::nodes_of(c, &ids).await?;
-    let tenant_ids: BTreeSet<i32> = rows.iter().map(|r| r.tenant_id).collect();
-    let mut ts = Vec::new();
-    for id in tenant_ids {
-        if let Some(t) = tenants::by_id(c, id).await? {
-            ts.push(Tenant::new(t, &cfg.defaults));
-        }
-    }
+    let tenant_ids: Vec<i32> = rows
+        .iter()
+        .map(|r| r.tenant_id)
+        .collect::<BTreeSet<i32>>()
+        .into_iter()
+        .collect();
+    // both queries in one flight: tokio-postgres pipelines concurrent requests on a connection
+    let (mut links, ts) = tokio::try_join!(q::nodes_of(c, &ids), tenants::by_ids(c, &tenant_ids))?;
+    let ts: Vec<Tenant> = ts
+        .into_iter()
+        .map(|t| Tenant::new(t, &cfg.defaults))
+        .collect();
     let mut out = Vec::with_capacity(rows.len());
     for row in rows {
         let nodes: Vec<Node> = links

@@ -2,6 +2,7 @@
 
 use chrono::NaiveDateTime;
 use serde_json::Value as Json;
+use tokio_postgres::types::Type;
 use tokio_postgres::Row;
 
 use super::{DbError, GenericClient};
@@ -96,9 +97,9 @@ pub async fn insert(
 
 /// One node by id.
 pub async fn get(c: &impl GenericClient, id: i32) -> Result<Option<Node>, DbError> {
-    Ok(c.query_opt(
+    Ok(c.query_typed_opt(
         &format!("SELECT {COLUMNS} FROM nodes WHERE id = $1"),
-        &[&id],
+        &[(&id, Type::INT4)],
     )
     .await?
     .as_ref()
@@ -112,11 +113,11 @@ pub async fn find_active_by_hostname(
     hostname: &str,
 ) -> Result<Vec<Node>, DbError> {
     let rows = c
-        .query(
+        .query_typed(
             &format!(
                 "SELECT {COLUMNS} FROM nodes WHERE hostname = $1 AND retired_at IS NULL ORDER BY id"
             ),
-            &[&hostname],
+            &[(&hostname, Type::TEXT)],
         )
         .await?;
     Ok(rows.iter().map(Node::from).collect())
@@ -124,9 +125,9 @@ pub async fn find_active_by_hostname(
 
 /// One node by id, its row locked until the end of the caller's transaction.
 pub async fn get_for_update(c: &impl GenericClient, id: i32) -> Result<Option<Node>, DbError> {
-    Ok(c.query_opt(
+    Ok(c.query_typed_opt(
         &format!("SELECT {COLUMNS} FROM nodes WHERE id = $1 FOR UPDATE"),
-        &[&id],
+        &[(&id, Type::INT4)],
     )
     .await?
     .as_ref()

@@ -2,6 +2,7 @@
 
 use chrono::NaiveDateTime;
 use serde_json::Value as Json;
+use tokio_postgres::types::Type;
 use tokio_postgres::Row;
 
 use super::nodes::{Node, COLUMNS as NODE_COLUMNS};
@@ -54,9 +55,9 @@ pub async fn insert(
 }
 
 pub async fn get(c: &impl GenericClient, id: i32) -> Result<Option<SessionRow>, DbError> {
-    Ok(c.query_opt(
+    Ok(c.query_typed_opt(
         &format!("SELECT {COLUMNS} FROM sessions WHERE id = $1"),
-        &[&id],
+        &[(&id, Type::INT4)],
     )
     .await?
     .as_ref()
@@ -105,12 +106,12 @@ pub async fn nodes_of(
         .collect::<Vec<_>>()
         .join(", ");
     let rows = c
-        .query(
+        .query_typed(
             &format!(
                 "SELECT sn.session_id, {cols} FROM sessions_nodes sn JOIN nodes n ON n.id = sn.node_id
                  WHERE sn.session_id = ANY($1) ORDER BY sn.session_id, n.id"
             ),
-            &[&session_ids],
+            &[(&session_ids, Type::INT4_ARRAY)],
         )
         .await?;
     Ok(rows

@@ -2,6 +2,7 @@
 //! `interval` type; timestamps are upstream's naive UTC.
 
 use chrono::NaiveDateTime;
+use tokio_postgres::types::Type;
 use tokio_postgres::Row;
 
 use super::{DbError, GenericClient};
@@ -83,10 +84,13 @@ pub async fn insert(c: &impl GenericClient, t: &InsertTenant<'_>) -> Result<Tena
 }
 
 pub async fn by_name(c: &impl GenericClient, name: &str) -> Result<Option<TenantRow>, DbError> {
-    Ok(c.query_opt(&format!("{SELECT} WHERE name = $1"), &[&name])
-        .await?
-        .as_ref()
-        .map(TenantRow::from))
+    // typed: parse, bind and execute in one round trip (this runs for every API request)
+    Ok(
+        c.query_typed_opt(&format!("{SELECT} WHERE name = $1"), &[(&name, Type::TEXT)])
+            .await?
+            .as_ref()
+            .map(TenantRow::from),
+    )
 }
 
 /// Like [`by_name`] but locks the row until the end of the transaction.
@@ -116,10 +120,24 @@ pub async fn by_id_for_update(
 }
 
 pub async fn by_id(c: &impl GenericClient, id: i32) -> Result<Option<TenantRow>, DbError> {
-    Ok(c.query_opt(&format!("{SELECT} WHERE id = $1"), &[&id])
-        .await?
-        .as_ref()
-        .map(TenantRow::from))
+    Ok(
+        c.query_typed_opt(&format!("{SELECT} WHERE id = $1"), &[(&id, Type::INT4)])
+            .await?
+            .as_ref()
+            .map(TenantRow::from),
+    )
+}
+
+/// The tenants with these ids (any order; missing ids are left out), in one query.
+pub async fn by_ids(c: &impl GenericClient, ids: &[i32]) -> Result<Vec<TenantRow>, DbError> {
+    Ok(c.query_typed(
+        &format!("{SELECT} WHERE id = ANY($1)"),
+        &[(&ids, Type::INT4_ARRAY)],
+    )
+    .await?
+    .iter()
+    .map(TenantRow::from)
+    .collect())
 }
 
 /// All tenants sorted by name; active ones only unless `include_retired`.
