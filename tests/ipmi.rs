@@ -320,16 +320,18 @@ fn silent_bmc_times_out_within_the_configured_time() {
         "{msg}"
     );
     assert!(!msg.contains(ADMIN.1));
-    // every try was a fresh presence ping (retransmission), all received by the "BMC"
+    // every try was a fresh first request (retransmission), all received by the "BMC": an
+    // IPMI message (RMCP class 0x07, no presence ping first), Get Channel Authentication
+    // Capabilities (netfn App 0x06 << 2 = 0x18, cmd 0x38)
     hole.set_nonblocking(true).unwrap();
     let mut buf = [0u8; 64];
-    let mut pings = 0;
+    let mut firsts = 0;
     while let Ok(n) = hole.recv(&mut buf) {
-        if n >= 9 && buf[8] == 0x80 {
-            pings += 1;
-        }
+        assert!(n >= 20 && buf[3] == 0x07, "{:02x?}", &buf[..n]);
+        assert_eq!((buf[15], buf[19]), (0x18, 0x38), "{:02x?}", &buf[..n]);
+        firsts += 1;
     }
-    assert_eq!(pings, 3);
+    assert_eq!(firsts, 3);
 }
 
 #[test]

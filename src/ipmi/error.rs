@@ -38,7 +38,7 @@ pub enum IpmiError {
         if *tries == 1 { "try" } else { "tries" },
         fmt_duration(*timeout),
         hint = if stage.starts_with("while opening") {
-            " (is the address right, IPMI over LAN enabled, and does the BMC answer the RMCP presence ping?)"
+            " (is the address right, and IPMI over LAN enabled on the BMC?)"
         } else {
             ""
         }

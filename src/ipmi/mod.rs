@@ -39,8 +39,9 @@
 //!   1.5 (whose "straight" auth sends the password in clear), and bound `[::]:0` (fails where
 //!   IPv6 is disabled).
 //!
-//! Not covered: cipher suites other than 3 (e.g. 17, SHA-256), IPMI 1.5, BMCs that do not
-//! answer the RMCP presence ping (pyghmi's fake BMC, virtualbmc), Kg (BMC key) authentication.
+//! Not covered: cipher suites other than 3 (e.g. 17, SHA-256), IPMI 1.5, Kg (BMC key)
+//! authentication. No RMCP presence ping is sent (like ipmitool), so BMCs that never answer one
+//! (pyghmi's fake BMC, virtualbmc) are not refused for it.
 
 pub mod commands;
 mod error;

@@ -110,58 +110,64 @@ impl RmcpWithState<Inactive> {
         password: Option<&[u8]>,
         privilege_level: PrivilegeLevel,
     ) -> Result<RmcpWithState<Active>, ActivationError> {
-        let message_tag = 0xC8;
-
-        let ping_header = RmcpHeader::new_asf(0xFF);
-
-        let ping = ASFMessage {
-            message_tag,
-            message_type: ASFMessageType::Ping,
-        };
-
-        log::debug!("Starting RMCP activation sequence");
-
         let socket = self.0.socket;
 
-        // NOTE(unwrap): This cannot fail.
-        let ping_bytes = ping_header.write_infallible(|buffer| {
-            ping.write_data(buffer);
-        });
+        // duffy patch: no RMCP presence ping before an RMCP+-only activation. ipmitool does not
+        // send one either; Get Channel Authentication Capabilities (the next step) tells as much
+        // (IPMI answered, or the host is unreachable/silent) one round trip earlier, and BMCs that
+        // never answer pings (pyghmi's fake BMC, virtualbmc) work.
+        if !rmcp_plus_only {
+            let message_tag = 0xC8;
 
-        socket
-            .send(&ping_bytes)
-            .map_err(ActivationError::PingSend)?;
+            let ping_header = RmcpHeader::new_asf(0xFF);
 
-        let mut buf = [0u8; 1024];
-        let received = super::socket::recv_restarting(&socket, &mut buf)
-            .map_err(ActivationError::PongReceive)?;
+            let ping = ASFMessage {
+                message_tag,
+                message_type: ASFMessageType::Ping,
+            };
 
-        let (pong_header, pong_data) =
-            RmcpHeader::from_bytes(&mut buf[..received]).map_err(|_| ActivationError::PongRead)?;
+            log::debug!("Starting RMCP activation sequence");
 
-        let (supported_entities, _) = if pong_header.class().ty == RmcpType::Asf {
-            let message = ASFMessage::from_bytes(pong_data).ok_or(ActivationError::PongRead)?;
+            // NOTE(unwrap): This cannot fail.
+            let ping_bytes = ping_header.write_infallible(|buffer| {
+                ping.write_data(buffer);
+            });
 
-            if message.message_tag != message_tag {
-                return Err(ActivationError::PongRead);
-            }
+            socket
+                .send(&ping_bytes)
+                .map_err(ActivationError::PingSend)?;
 
-            if let ASFMessageType::Pong {
-                supported_entities,
-                supported_interactions,
-                ..
-            } = message.message_type
-            {
-                (supported_entities, supported_interactions)
+            let mut buf = [0u8; 1024];
+            let received = super::socket::recv_restarting(&socket, &mut buf)
+                .map_err(ActivationError::PongReceive)?;
+
+            let (pong_header, pong_data) =
+                RmcpHeader::from_bytes(&mut buf[..received]).map_err(|_| ActivationError::PongRead)?;
+
+            let (supported_entities, _) = if pong_header.class().ty == RmcpType::Asf {
+                let message = ASFMessage::from_bytes(pong_data).ok_or(ActivationError::PongRead)?;
+
+                if message.message_tag != message_tag {
+                    return Err(ActivationError::PongRead);
+                }
+
+                if let ASFMessageType::Pong {
+                    supported_entities,
+                    supported_interactions,
+                    ..
+                } = message.message_type
+                {
+                    (supported_entities, supported_interactions)
+                } else {
+                    return Err(ActivationError::PongRead);
+                }
             } else {
                 return Err(ActivationError::PongRead);
-            }
-        } else {
-            return Err(ActivationError::PongRead);
-        };
+            };
 
-        if !supported_entities.ipmi {
-            return Err(ActivationError::IpmiNotSupported);
+            if !supported_entities.ipmi {
+                return Err(ActivationError::IpmiNotSupported);
+            }
         }
 
         let new_state = V1_5State::new(socket);
