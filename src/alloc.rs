@@ -168,23 +168,36 @@ pub async fn get(
     id: i32,
 ) -> Result<SessionView, SessionError> {
     let c = db.get().await?;
-    let row = q::get(&**c, id).await?.ok_or(SessionError::NotFound)?;
-    if !caller.row.is_admin && row.tenant_id != caller.row.id {
+    let v = view_by_id(&**c, cfg, id)
+        .await?
+        .ok_or(SessionError::NotFound)?;
+    if !caller.row.is_admin && v.row.tenant_id != caller.row.id {
         return Err(SessionError::Forbidden("Forbidden".into()));
     }
-    view(&**c, cfg, row).await
+    Ok(v)
 }
 
-/// The view of a session row the caller has already read (and is allowed to see).
-pub async fn view(
+/// One session (retired too) with its tenant and nodes, None if there is no such session:
+/// three queries in one pipelined flight (no permission check: the caller's job).
+pub async fn view_by_id(
     c: &impl crate::db::GenericClient,
     cfg: &Config,
-    row: SessionRow,
-) -> Result<SessionView, SessionError> {
-    views(c, cfg, vec![row])
-        .await?
-        .pop()
-        .ok_or(SessionError::NotFound)
+    id: i32,
+) -> Result<Option<SessionView>, DbError> {
+    let ids = [id];
+    let (row, links, tenant) = tokio::try_join!(
+        q::get(c, id),
+        q::nodes_of(c, &ids),
+        tenants::of_session(c, id)
+    )?;
+    Ok(match (row, tenant) {
+        (Some(row), Some(tenant)) => Some(SessionView {
+            row,
+            tenant: Tenant::new(tenant, &cfg.defaults),
+            nodes: links.into_iter().map(|(_, n)| n).collect(),
+        }),
+        _ => None,
+    })
 }
 
 /// Create a session for `caller` (or, for admins, for `tenant_id`) with nodes per `specs`.

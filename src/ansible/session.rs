@@ -122,17 +122,14 @@ impl Backend {
                 // one read of the row: the caller is the `tenant` option (checked like the
                 // API does) or, by default, the session's owner
                 let c = duffy.db.get().await?;
-                let Some(row) = db::sessions::get(&**c, id).await? else {
+                let Some(v) = alloc::view_by_id(&**c, &duffy.cfg, id).await? else {
                     return Ok(None);
                 };
                 if let Some(t) = tenant {
-                    if !t.row.is_admin && row.tenant_id != t.row.id {
+                    if !t.row.is_admin && v.row.tenant_id != t.row.id {
                         return Err(session_error(SessionError::Forbidden("Forbidden".into())));
                     }
                 }
-                let v = alloc::view(&**c, &duffy.cfg, row)
-                    .await
-                    .map_err(session_error)?;
                 Ok(Some(v.to_json()))
             }
             Backend::Rest { client, .. } => {

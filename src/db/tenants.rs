@@ -128,6 +128,20 @@ pub async fn by_id(c: &impl GenericClient, id: i32) -> Result<Option<TenantRow>,
     )
 }
 
+/// The tenant owning session `session_id` (in the same flight as the session's own queries).
+pub async fn of_session(
+    c: &impl GenericClient,
+    session_id: i32,
+) -> Result<Option<TenantRow>, DbError> {
+    Ok(c.query_typed_opt(
+        &format!("{SELECT} WHERE id = (SELECT tenant_id FROM sessions WHERE id = $1)"),
+        &[(&session_id, Type::INT4)],
+    )
+    .await?
+    .as_ref()
+    .map(TenantRow::from))
+}
+
 /// The tenants with these ids (any order; missing ids are left out), in one query.
 pub async fn by_ids(c: &impl GenericClient, ids: &[i32]) -> Result<Vec<TenantRow>, DbError> {
     Ok(c.query_typed(
