@@ -148,6 +148,23 @@ fn ipaddr(run: &Run) -> anyhow::Result<Option<String>> {
 }
 
 /// The column changes the options ask for on `n`.
+/// The state `wanted` asks for (None: keep it) and whether it retires the node.
+fn desired(wanted: &str) -> Result<(Option<NodeState>, bool), state::StateError> {
+    Ok(match wanted {
+        "present" => (None, false),
+        "absent" => (Some(NodeState::Done), true),
+        s => (Some(s.parse::<NodeState>()?), false),
+    })
+}
+
+/// Nothing to change on `n` (columns, state, retirement)?
+fn up_to_date(run: &Run, n: &Node, ip: &Option<String>, wanted: &str) -> anyhow::Result<bool> {
+    let (fields, _) = column_changes(run, n, ip);
+    let (to, retire) = desired(wanted)?;
+    let to = to.filter(|t| *t != n.state);
+    Ok(fields.is_empty() && to.is_none() && !(retire && n.retired_at.is_none()))
+}
+
 fn column_changes(run: &Run, n: &Node, ip: &Option<String>) -> (Vec<&'static str>, NodeUpdate) {
     let p = &run.params;
     let mut fields = Vec::new();
@@ -272,6 +289,18 @@ fn run(run: &mut Run) -> anyhow::Result<Outcome> {
     db::block_on(async {
         let duffy = Duffy::open(run).await?;
         let mut conn = duffy.db.get().await?;
+        // the common, idempotent case first, without a transaction: one query when nothing is
+        // to be done (the change path below reads again, under the row lock)
+        if let [n] = nodes::find_active_by_hostname(&**conn, &name)
+            .await?
+            .as_slice()
+        {
+            if up_to_date(run, n, &ip, &wanted)? {
+                return Ok(
+                    Outcome::new(false, format!("node {name} is up to date")).with("node", view(n))
+                );
+            }
+        }
         let tx = conn.transaction().await?;
         let found = nodes::find_active_by_hostname(&*tx, &name).await?;
         if found.len() > 1 {
@@ -361,11 +390,7 @@ fn run(run: &mut Run) -> anyhow::Result<Outcome> {
 
         // an existing node: columns, then the state
         let (mut fields, mut u) = column_changes(run, &n, &ip);
-        let (to, retire) = match wanted.as_str() {
-            "present" => (None, false),
-            "absent" => (Some(NodeState::Done), true),
-            s => (Some(s.parse::<NodeState>()?), false),
-        };
+        let (to, retire) = desired(&wanted)?;
         let to = to.filter(|t| *t != n.state);
         if let Some(t) = to {
             // checked on the row as locked by this transaction: no allocation can slip in
