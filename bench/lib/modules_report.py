@@ -40,11 +40,13 @@ def main():
     sizes = dict(a.split("=", 1) for a in sys.argv[4:])
     modules = list(sizes)
 
-    own, start_only = {}, {}
+    own, start_only, pooled = {}, {}, {}
     for r in json.load(open(hf_path))["results"]:
         exe, args = r["command"].split()[:2]
         name = exe.rsplit("/", 1)[-1]
-        (start_only if args.endswith(".reject.json") else own)[name] = [t * 1000 for t in r["times"]]
+        kind = (start_only if args.endswith(".reject.json")
+                else pooled if args.endswith(".pooled.json") else own)
+        kind[name] = [t * 1000 for t in r["times"]]
 
     per_task = {m: [] for m in modules}
     ping = {m: [] for m in modules}
@@ -60,9 +62,10 @@ def main():
         gaps.append((t["next"] - t["end"]) * 1000)
         (ping if m.group(1) else per_task)[m.group(2)].append(wall)
 
-    print("| module | size MiB | own run ms: mean / p95 | (start + args only) | per task ms: mean / p95 "
-          "| `ansible.builtin.ping` per task ms: mean / p95 | ratio module/ping (means) |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    print("| module | size MiB | own run ms: mean / p95 | (start + args only) | (through pgbouncer) "
+          "| per task ms: mean / p95 | `ansible.builtin.ping` per task ms: mean / p95 "
+          "| ratio module/ping (means) |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
     verdicts = []
     all_ping = []
     for m in modules:
@@ -72,14 +75,18 @@ def main():
         all_ping += p
         ratio = mean(t) / mean(p)
         so = f(mean(start_only[m])) if start_only.get(m) else "–"
-        print(f"| `{m}` | {int(sizes[m]) / 1048576:.1f} | {f(mean(o))} / {f(p95(o))} | {so} | "
+        po = f"{f(mean(pooled[m]))} / {f(p95(pooled[m]))}" if pooled.get(m) else "–"
+        print(f"| `{m}` | {int(sizes[m]) / 1048576:.1f} | {f(mean(o))} / {f(p95(o))} | {so} | {po} | "
               f"{f(mean(t))} / {f(p95(t))} | {f(mean(p))} / {f(p95(p))} | {ratio:.2f}× |")
         verdicts.append((m, mean(o), p95(o), ratio, mean(t), mean(p)))
     n = len(per_task[modules[0]])
     print()
     print(f"Own run: the binary exec'ed directly with the args file Ansible wrote for the task "
           f"(start to exit, {len(own[modules[0]])} runs); in the (start + args only) column the same binary with an args "
-          f"file it rejects at once (unknown option: no database, no BMC). Per task: from the "
+          f"file it rejects at once (unknown option: no database, no BMC); in the (through "
+          f"pgbouncer) column the database modules with the same task through pgbouncer "
+          f"(transaction pooling), which spares them PostgreSQL's per-connection backend start. "
+          f"Per task: from the "
           f"task's start to its result in the controller (`v2_playbook_on_task_start` → "
           f"`v2_runner_on_ok`), {n} tasks of each module, each followed by one `ping` task (its "
           f"column); every task ok and `changed: false`. Not included, the same for both kinds: "
