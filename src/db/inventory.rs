@@ -7,7 +7,7 @@ use std::time::Duration;
 use chrono::NaiveDateTime;
 use futures_util::TryStreamExt;
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
 use super::{describe, url, DbError, GenericClient};
 use crate::state::NodeState;
@@ -114,7 +114,7 @@ pub async fn artifact_tenants(c: &impl GenericClient) -> Result<Vec<ArtifactTena
 /// One plain connection (no pool) for a short-lived reader, giving up after `timeout`.
 /// The connection is driven by a task on the current runtime until the client is dropped.
 pub async fn connect(url: &str, timeout: Duration) -> Result<Client, DbError> {
-    let mut cfg = url::parse(url)?;
+    let (mut cfg, tls) = url::parse_tls(url)?;
     if cfg.get_connect_timeout().is_none() {
         cfg.connect_timeout(timeout);
     }
@@ -123,10 +123,11 @@ pub async fn connect(url: &str, timeout: Duration) -> Result<Client, DbError> {
         target: target.clone(),
         msg,
     };
+    let connector = super::tls::connector(&tls).map_err(fail)?;
     // connect_timeout bounds each connection attempt; this bounds the whole handshake
-    let (client, conn) = match tokio::time::timeout(timeout, cfg.connect(NoTls)).await {
+    let (client, conn) = match tokio::time::timeout(timeout, cfg.connect(connector)).await {
         Ok(Ok(pair)) => pair,
-        Ok(Err(e)) => return Err(fail(e.to_string())),
+        Ok(Err(e)) => return Err(fail(super::error_chain(&e))),
         Err(_) => return Err(fail(format!("timed out after {timeout:?}"))),
     };
     tokio::spawn(conn);

@@ -447,14 +447,16 @@ pub struct Listener {
 /// Open a [`Listener`] on `channel`.
 pub async fn listen(url: &str, channel: &str) -> Result<Listener, DbError> {
     use futures_util::future::poll_fn;
-    let cfg = super::url::parse(url)?;
-    let (client, mut conn) =
-        cfg.connect(tokio_postgres::NoTls)
-            .await
-            .map_err(|e| DbError::Connect {
-                target: super::describe(&cfg),
-                msg: e.to_string(),
-            })?;
+    let (cfg, tls) = super::url::parse_tls(url)?;
+    let fail = |msg: String| DbError::Connect {
+        target: super::describe(&cfg),
+        msg,
+    };
+    let connector = super::tls::connector(&tls).map_err(fail)?;
+    let (client, mut conn) = cfg
+        .connect(connector)
+        .await
+        .map_err(|e| fail(super::error_chain(&e)))?;
     let (tx, rx) = mpsc::unbounded_channel();
     tokio::spawn(async move {
         loop {

@@ -14,12 +14,12 @@ pub mod nodes;
 pub mod pools;
 pub mod sessions;
 pub mod tenants;
+pub mod tls;
 pub mod url;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use thiserror::Error;
 use tokio_postgres::error::SqlState;
-use tokio_postgres::NoTls;
 
 pub use tokio_postgres::GenericClient;
 
@@ -59,6 +59,22 @@ impl DbError {
     }
 }
 
+/// An error and its sources on one line (`error performing TLS handshake: invalid peer
+/// certificate: UnknownIssuer`): tokio-postgres' own message leaves the cause out.
+pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let m = c.to_string();
+        if !s.contains(&m) {
+            s.push_str(": ");
+            s.push_str(&m);
+        }
+        cur = c.source();
+    }
+    s.replace('\n', " ")
+}
+
 pub(crate) fn describe(cfg: &tokio_postgres::Config) -> String {
     let host = cfg
         .get_hosts()
@@ -88,11 +104,15 @@ pub struct Db {
 impl Db {
     /// Build a pool for `url` (SQLAlchemy or libpq form) and check that one connection works.
     pub async fn connect(url: &str, max_size: usize) -> Result<Db, DbError> {
-        let cfg = url::parse(url)?;
+        let (cfg, tls) = url::parse_tls(url)?;
         let target = describe(&cfg);
+        let connector = tls::connector(&tls).map_err(|msg| DbError::Connect {
+            target: target.clone(),
+            msg,
+        })?;
         let mgr = Manager::from_config(
             cfg,
-            NoTls,
+            connector,
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },
@@ -113,7 +133,7 @@ impl Db {
     pub async fn get(&self) -> Result<deadpool_postgres::Object, DbError> {
         self.pool.get().await.map_err(|e| {
             let msg = match e {
-                deadpool_postgres::PoolError::Backend(pg) => pg.to_string(),
+                deadpool_postgres::PoolError::Backend(pg) => error_chain(&pg),
                 other => other.to_string(),
             };
             DbError::Connect {
@@ -136,15 +156,22 @@ pub fn quote_ident(s: &str) -> String {
 
 /// Create the database named in `url` if it does not exist (connecting to `postgres` first).
 pub async fn ensure_database(url: &str) -> Result<bool, DbError> {
-    let cfg = url::parse(url)?;
+    let (cfg, tls) = url::parse_tls(url)?;
     let name = url::dbname(&cfg);
     let mut admin = cfg.clone();
     admin.dbname("postgres");
     let target = describe(&admin);
-    let (client, conn) = admin.connect(NoTls).await.map_err(|e| DbError::Connect {
-        target,
-        msg: e.to_string(),
+    let connector = tls::connector(&tls).map_err(|msg| DbError::Connect {
+        target: target.clone(),
+        msg,
     })?;
+    let (client, conn) = admin
+        .connect(connector)
+        .await
+        .map_err(|e| DbError::Connect {
+            target,
+            msg: error_chain(&e),
+        })?;
     let task = tokio::spawn(conn);
     let exists = client
         .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&name])

@@ -1,10 +1,15 @@
 //! Database URLs: upstream's SQLAlchemy form (`postgresql+psycopg://user:pw@host:port/db`) and
 //! plain libpq URLs/keyword strings, turned into a `tokio_postgres::Config` with libpq's defaults
-//! (socket directory, then localhost; the OS user name).
+//! (socket directory, then localhost; the OS user name). `sslmode` and `sslrootcert` are taken
+//! out here (tokio-postgres knows neither `verify-ca` nor `verify-full`) and become a
+//! [`Tls`] setting (see [`super::tls`]).
 
+use std::path::PathBuf;
 use std::str::FromStr;
 
 use thiserror::Error;
+
+use super::tls::{SslMode, Tls};
 
 #[derive(Debug, Error)]
 pub enum UrlError {
@@ -27,7 +32,94 @@ pub fn strip_driver(url: &str) -> String {
 
 /// Parse a database URL (SQLAlchemy or libpq form) into a connection config.
 pub fn parse(url: &str) -> Result<tokio_postgres::Config, UrlError> {
-    let url = strip_driver(url.trim());
+    Ok(parse_tls(url)?.0)
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            if let Some(v) = s
+                .get(i + 1..i + 3)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+            {
+                out.push(v);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Take `sslmode` and `sslrootcert` out of a URL (query string) or keyword string.
+fn take_tls(url: &str) -> Result<(String, Tls), UrlError> {
+    let mut mode = None;
+    let mut root = None;
+    let mut take = |k: &str, v: &str| -> bool {
+        match k {
+            "sslmode" => {
+                mode = Some(v.to_string());
+                true
+            }
+            "sslrootcert" => {
+                root = Some(percent_decode(v));
+                true
+            }
+            _ => false,
+        }
+    };
+    let rest = if url.contains("://") {
+        match url.split_once('?') {
+            Some((base, query)) => {
+                let kept: Vec<&str> = query
+                    .split('&')
+                    .filter(|kv| {
+                        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+                        !take(k, &percent_decode(v))
+                    })
+                    .collect();
+                if kept.is_empty() {
+                    base.to_string()
+                } else {
+                    format!("{base}?{}", kept.join("&"))
+                }
+            }
+            None => url.to_string(),
+        }
+    } else {
+        url.split_whitespace()
+            .filter(|kv| {
+                let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+                !take(k.trim(), v.trim())
+            })
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let mode = match mode {
+        None => SslMode::default(),
+        Some(m) => SslMode::parse(&m).ok_or_else(|| {
+            UrlError::Invalid(format!(
+                "sslmode: expected disable, allow, prefer, require, verify-ca or verify-full, not {m:?}"
+            ))
+        })?,
+    };
+    Ok((
+        rest,
+        Tls {
+            mode,
+            root_cert: root.map(PathBuf::from),
+        },
+    ))
+}
+
+/// [`parse`], plus the URL's TLS setting (`sslmode`, `sslrootcert`; default: no TLS).
+pub fn parse_tls(url: &str) -> Result<(tokio_postgres::Config, Tls), UrlError> {
+    let (url, tls) = take_tls(&strip_driver(url.trim()))?;
     if let Some(idx) = url.find("://") {
         let scheme = &url[..idx];
         if scheme != "postgresql" && scheme != "postgres" {
@@ -53,7 +145,8 @@ pub fn parse(url: &str) -> Result<tokio_postgres::Config, UrlError> {
     if cfg.get_application_name().is_none() {
         cfg.application_name("duffy");
     }
-    Ok(cfg)
+    cfg.ssl_mode(tls.mode.negotiation());
+    Ok((cfg, tls))
 }
 
 /// The database name a URL points at (for `CREATE DATABASE` when missing).
@@ -79,6 +172,38 @@ mod tests {
         assert_eq!(c.get_user(), Some("duffy"));
         assert_eq!(c.get_dbname(), Some("duffy"));
         assert_eq!(c.get_ports(), &[5433]);
+    }
+
+    #[test]
+    fn sslmode_and_sslrootcert_are_taken_out() {
+        let (c, t) = parse_tls(
+            "postgresql://u@h/db?sslmode=verify-full&sslrootcert=%2Fetc%2Fca.pem&connect_timeout=3",
+        )
+        .unwrap();
+        assert_eq!(t.mode, SslMode::VerifyFull);
+        assert_eq!(t.root_cert, Some(PathBuf::from("/etc/ca.pem")));
+        assert_eq!(
+            c.get_connect_timeout(),
+            Some(&std::time::Duration::from_secs(3))
+        );
+        let (_, t) = parse_tls("host=h dbname=db sslmode=require user=u").unwrap();
+        assert_eq!(
+            t,
+            Tls {
+                mode: SslMode::Require,
+                root_cert: None
+            }
+        );
+        let (c, t) = parse_tls("postgresql://u@h/db").unwrap();
+        assert_eq!(t.mode, SslMode::Disable);
+        assert_eq!(c.get_ssl_mode(), tokio_postgres::config::SslMode::Disable);
+        let e = parse_tls("postgresql://u:secretpw@h/db?sslmode=sometimes")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("sslmode") && e.contains("sometimes") && !e.contains("secretpw"),
+            "{e}"
+        );
     }
 
     #[test]

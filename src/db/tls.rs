@@ -1,0 +1,233 @@
+//! TLS to PostgreSQL, with libpq's `sslmode` semantics (rustls, ring).
+//!
+//! `sslmode` (and `sslrootcert`) come from the database URL (`?sslmode=verify-full&sslrootcert=
+//! /etc/duffy/db-ca.pem`, or `sslmode=require` in a keyword string); [`super::url::parse`]
+//! takes them out before tokio-postgres sees the URL, since it knows neither `verify-ca` nor
+//! `verify-full`.
+//!
+//! - `disable` (duffy's default when the URL says nothing: the common case is a database on the
+//!   same host, where TLS only costs time) — plain connection;
+//! - `prefer`, `require` — encrypted if the server offers TLS (`prefer`) or always (`require`),
+//!   the certificate not verified (libpq's meaning of these modes), unless `sslrootcert` is
+//!   given, which makes `require` verify the chain like `verify-ca` (as libpq does);
+//! - `verify-ca` — the chain must lead to `sslrootcert`, else to the system's or Mozilla's roots;
+//! - `verify-full` — as `verify-ca`, and the certificate must name the host connected to.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::WebPkiServerVerifier;
+use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{CertificateError, DigitallySignedStruct, Error as TlsError, RootCertStore};
+use tokio_postgres_rustls::MakeRustlsConnect;
+
+/// libpq's `sslmode` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SslMode {
+    #[default]
+    Disable,
+    Prefer,
+    Require,
+    VerifyCa,
+    VerifyFull,
+}
+
+impl SslMode {
+    pub fn parse(s: &str) -> Option<SslMode> {
+        Some(match s {
+            "disable" | "allow" => SslMode::Disable,
+            "prefer" => SslMode::Prefer,
+            "require" => SslMode::Require,
+            "verify-ca" => SslMode::VerifyCa,
+            "verify-full" => SslMode::VerifyFull,
+            _ => return None,
+        })
+    }
+
+    /// The mode tokio-postgres negotiates with (it only knows whether TLS is tried/required).
+    pub fn negotiation(self) -> tokio_postgres::config::SslMode {
+        use tokio_postgres::config::SslMode as T;
+        match self {
+            SslMode::Disable => T::Disable,
+            SslMode::Prefer => T::Prefer,
+            SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull => T::Require,
+        }
+    }
+}
+
+/// How to secure connections: the mode and an optional CA file (`sslrootcert`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Tls {
+    pub mode: SslMode,
+    pub root_cert: Option<PathBuf>,
+}
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn roots(file: Option<&Path>) -> Result<RootCertStore, String> {
+    let mut roots = RootCertStore::empty();
+    if let Some(f) = file {
+        let pem = std::fs::read(f).map_err(|e| format!("sslrootcert {}: {e}", f.display()))?;
+        let mut n = 0;
+        for cert in CertificateDer::pem_slice_iter(&pem) {
+            let cert = cert.map_err(|e| format!("sslrootcert {}: {e}", f.display()))?;
+            roots
+                .add(cert)
+                .map_err(|e| format!("sslrootcert {}: {e}", f.display()))?;
+            n += 1;
+        }
+        if n == 0 {
+            return Err(format!(
+                "sslrootcert {}: no PEM certificate in it",
+                f.display()
+            ));
+        }
+    } else {
+        let native = rustls_native_certs::load_native_certs();
+        for cert in native.certs {
+            let _ = roots.add(cert);
+        }
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    }
+    Ok(roots)
+}
+
+/// The connector for `tls` (used for every mode: with `disable` it is never asked).
+pub fn connector(tls: &Tls) -> Result<MakeRustlsConnect, String> {
+    let provider = provider();
+    let verify_chain = matches!(tls.mode, SslMode::VerifyCa | SslMode::VerifyFull)
+        || (tls.mode == SslMode::Require && tls.root_cert.is_some());
+    let verifier: Arc<dyn ServerCertVerifier> = if verify_chain {
+        let webpki = WebPkiServerVerifier::builder_with_provider(
+            Arc::new(roots(tls.root_cert.as_deref())?),
+            provider.clone(),
+        )
+        .build()
+        .map_err(|e| format!("TLS roots: {e}"))?;
+        Arc::new(Verify {
+            webpki,
+            check_name: tls.mode == SslMode::VerifyFull,
+            provider: provider.clone(),
+        })
+    } else {
+        Arc::new(Encrypt {
+            provider: provider.clone(),
+        })
+    };
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS: {e}"))?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth();
+    Ok(MakeRustlsConnect::new(config))
+}
+
+/// `prefer`/`require` without a CA: encryption, the certificate is not checked (libpq's
+/// semantics), but the handshake signatures still are.
+#[derive(Debug)]
+struct Encrypt {
+    provider: Arc<CryptoProvider>,
+}
+
+impl ServerCertVerifier for Encrypt {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, TlsError> {
+        Ok(ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, TlsError> {
+        verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, TlsError> {
+        verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// `verify-ca` / `verify-full`: the chain is verified; the host name only for `verify-full`.
+#[derive(Debug)]
+struct Verify {
+    webpki: Arc<WebPkiServerVerifier>,
+    check_name: bool,
+    provider: Arc<CryptoProvider>,
+}
+
+impl ServerCertVerifier for Verify {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, TlsError> {
+        match self.webpki.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        ) {
+            Err(TlsError::InvalidCertificate(
+                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+            )) if !self.check_name => Ok(ServerCertVerified::assertion()),
+            other => other,
+        }
+    }
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, TlsError> {
+        self.webpki.verify_tls12_signature(message, cert, dss)
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, TlsError> {
+        self.webpki.verify_tls13_signature(message, cert, dss)
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
