@@ -19,6 +19,7 @@ pub mod inventory;
 pub mod ipmi;
 pub mod jinja;
 pub mod output;
+pub mod percent;
 pub mod scheduler;
 pub mod sshkeys;
 pub mod state;

@@ -655,7 +655,7 @@ pub fn url_passwords(url: &str) -> Vec<String> {
         if let Some(at) = rest[..end].rfind('@') {
             if let Some((_, pw)) = rest[..at].split_once(':') {
                 out.push(pw.to_string());
-                let dec = percent_decode(pw);
+                let dec = crate::percent::decode(pw);
                 if dec != pw {
                     out.push(dec);
                 }
@@ -693,7 +693,7 @@ pub fn url_passwords(url: &str) -> Vec<String> {
         };
         if len > 0 {
             out.push(v[..len].to_string());
-            let dec = percent_decode(&v[..len]);
+            let dec = crate::percent::decode(&v[..len]);
             if dec != v[..len] {
                 out.push(dec);
             }
@@ -701,27 +701,6 @@ pub fn url_passwords(url: &str) -> Vec<String> {
         pos = start;
     }
     out
-}
-
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' && i + 2 < b.len() {
-            if let Some(x) = std::str::from_utf8(&b[i + 1..i + 3])
-                .ok()
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-            {
-                out.push(x);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[cfg(test)]

@@ -86,7 +86,7 @@ async fn dispatch(st: &AppState, req: Request<Incoming>) -> Result<Resp, ApiErro
     let decoded: Vec<String> = path
         .split('/')
         .filter(|s| !s.is_empty())
-        .map(percent_decode)
+        .map(crate::percent::decode)
         .collect();
     let segs: Vec<&str> = decoded.iter().map(String::as_str).collect();
     match segs.as_slice() {
@@ -97,26 +97,6 @@ async fn dispatch(st: &AppState, req: Request<Incoming>) -> Result<Resp, ApiErro
         ["api", "v1", rest @ ..] => v1::route(st, req, rest).await,
         _ => Err(ApiError::not_found()),
     }
-}
-
-/// Percent-decode one path segment (invalid escapes and non-UTF-8 are kept as they are).
-pub fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' && i + 2 < b.len() {
-            let hex = |c: u8| (c as char).to_digit(16);
-            if let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2])) {
-                out.push((h * 16 + l) as u8);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8(out).unwrap_or_else(|_| s.to_string())
 }
 
 /// Handle one request: dispatch, map errors, add `X-Request-Id`, log.

@@ -35,27 +35,6 @@ pub fn parse(url: &str) -> Result<tokio_postgres::Config, UrlError> {
     Ok(parse_tls(url)?.0)
 }
 
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' && i + 2 < b.len() {
-            if let Some(v) = s
-                .get(i + 1..i + 3)
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-            {
-                out.push(v);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 /// Take `sslmode` and `sslrootcert` out of a URL (query string) or keyword string.
 fn take_tls(url: &str) -> Result<(String, Tls), UrlError> {
     let mut mode = None;
@@ -67,7 +46,7 @@ fn take_tls(url: &str) -> Result<(String, Tls), UrlError> {
                 true
             }
             "sslrootcert" => {
-                root = Some(percent_decode(v));
+                root = Some(crate::percent::decode(v));
                 true
             }
             _ => false,
@@ -80,7 +59,7 @@ fn take_tls(url: &str) -> Result<(String, Tls), UrlError> {
                     .split('&')
                     .filter(|kv| {
                         let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-                        !take(k, &percent_decode(v))
+                        !take(k, &crate::percent::decode(v))
                     })
                     .collect();
                 if kept.is_empty() {
