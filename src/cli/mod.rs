@@ -10,6 +10,7 @@ mod configcmd;
 mod migrate;
 mod scheduler;
 mod serve;
+mod stats;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -88,6 +89,8 @@ pub enum Command {
     ServeLegacy(serve::ServeLegacyArgs),
     /// Keep pools filled, run provision/deprovision playbooks, expire sessions
     Scheduler(scheduler::SchedulerArgs),
+    /// Per-pool node counts (ready, deployed, provisioning) for operators and Zabbix
+    Stats(stats::StatsArgs),
 }
 
 fn init_logging(level: &str) {
@@ -154,6 +157,7 @@ fn run(cli: Cli) -> CliResult {
         Command::Client(a) => client::run(a, &cfg),
         Command::ServeLegacy(a) => serve::run_legacy(a, cfg, &level),
         Command::Scheduler(a) => scheduler::run(a, cfg),
+        Command::Stats(a) => db::block_on(stats::run(a, &cfg)),
     }
 }
 

@@ -79,3 +79,38 @@ pub async fn remove(c: &impl GenericClient, pool: &str) -> Result<Removed, DbErr
         nodes,
     })
 }
+
+/// Per pool (every pool named by a node, retired ones included, as upstream's monitoring
+/// scripts count them; byte order of names): nodes `ready`, `deployed`, `provisioning`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolStats {
+    pub pool: String,
+    pub ready: i64,
+    pub deployed: i64,
+    pub provisioning: i64,
+}
+
+/// The numbers of upstream's `duffy-stats` / `duffy-zabbix-stats` (compat spec §11.4), in one
+/// query.
+pub async fn stats(c: &impl GenericClient) -> Result<Vec<PoolStats>, DbError> {
+    let rows = c
+        .query(
+            "SELECT pool,
+                    count(*) FILTER (WHERE state = 'ready'),
+                    count(*) FILTER (WHERE state = 'deployed'),
+                    count(*) FILTER (WHERE state = 'provisioning')
+             FROM nodes WHERE pool IS NOT NULL AND pool <> ''
+             GROUP BY pool ORDER BY pool COLLATE \"C\"",
+            &[],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| PoolStats {
+            pool: r.get(0),
+            ready: r.get(1),
+            deployed: r.get(2),
+            provisioning: r.get(3),
+        })
+        .collect())
+}
