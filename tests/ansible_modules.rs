@@ -123,14 +123,7 @@ impl Lab {
         make_library(&dir.path().join("library"));
         std::fs::write(
             dir.path().join("ansible.cfg"),
-            format!(
-                "[defaults]\nlibrary = ./library\ncallback_plugins = {}\nstdout_callback = json\n\
-                 gathering = explicit\nretry_files_enabled = False\ndeprecation_warnings = False\n\
-                 localhost_warning = False\ninterpreter_python = {}\nnocolor = True\n",
-                repo().join("tests/ansible/callback_plugins").display(),
-                // Python modules (copy) run on localhost with the venv's interpreter
-                ansible_bin().join("python3").display()
-            ),
+            ansible_cfg("library = ./library\n"),
         )
         .unwrap();
         Lab { dir, db, config }

@@ -137,13 +137,7 @@ impl Ops {
         .unwrap();
         std::fs::write(
             p.join("ansible.cfg"),
-            format!(
-                "[defaults]\ncallback_plugins = {}\nstdout_callback = json\ngathering = explicit\n\
-                 retry_files_enabled = False\ndeprecation_warnings = False\nlocalhost_warning = False\n\
-                 interpreter_python = {}\nnocolor = True\n[inventory]\nunparsed_is_failed = True\n",
-                repo().join("tests/ansible/callback_plugins").display(),
-                ansible_bin().join("python3").display()
-            ),
+            ansible_cfg("[inventory]\nunparsed_is_failed = True\n"),
         )
         .unwrap();
         Ops { dir, db, config }

@@ -357,6 +357,20 @@ pub fn venv_bin(script: &str, env_var: &str, dir: &str) -> PathBuf {
     venv.join("bin")
 }
 
+/// The `ansible.cfg` of the tests that run ansible-core: the JSON stdout callback
+/// (`tests/ansible/callback_plugins`) whose output the tests parse, no fact gathering, no retry
+/// files or noise, Python modules on the venv's interpreter; `extra` is appended (more
+/// `[defaults]` keys first, then other sections).
+pub fn ansible_cfg(extra: &str) -> String {
+    format!(
+        "[defaults]\ncallback_plugins = {}\nstdout_callback = json\ngathering = explicit\n\
+         retry_files_enabled = False\ndeprecation_warnings = False\nlocalhost_warning = False\n\
+         interpreter_python = {}\nnocolor = True\n{extra}",
+        repo().join("tests/ansible/callback_plugins").display(),
+        ansible_bin().join("python3").display()
+    )
+}
+
 /// ansible-core's `bin/` (venv from `.ci/ansible-venv.sh`), made once per test process.
 pub fn ansible_bin() -> &'static Path {
     static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
