@@ -102,23 +102,23 @@ pub fn connector(tls: &Tls) -> Result<MakeRustlsConnect, String> {
     let provider = provider();
     let verify_chain = matches!(tls.mode, SslMode::VerifyCa | SslMode::VerifyFull)
         || (tls.mode == SslMode::Require && tls.root_cert.is_some());
-    let verifier: Arc<dyn ServerCertVerifier> = if verify_chain {
-        let webpki = WebPkiServerVerifier::builder_with_provider(
-            Arc::new(roots(tls.root_cert.as_deref())?),
-            provider.clone(),
+    let webpki = if verify_chain {
+        Some(
+            WebPkiServerVerifier::builder_with_provider(
+                Arc::new(roots(tls.root_cert.as_deref())?),
+                provider.clone(),
+            )
+            .build()
+            .map_err(|e| format!("TLS roots: {e}"))?,
         )
-        .build()
-        .map_err(|e| format!("TLS roots: {e}"))?;
-        Arc::new(Verify {
-            webpki,
-            check_name: tls.mode == SslMode::VerifyFull,
-            provider: provider.clone(),
-        })
     } else {
-        Arc::new(Encrypt {
-            provider: provider.clone(),
-        })
+        None
     };
+    let verifier = Arc::new(Verifier {
+        webpki,
+        check_name: tls.mode == SslMode::VerifyFull,
+        provider: provider.clone(),
+    });
     let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| format!("TLS: {e}"))?
@@ -128,23 +128,35 @@ pub fn connector(tls: &Tls) -> Result<MakeRustlsConnect, String> {
     Ok(MakeRustlsConnect::new(config))
 }
 
-/// `prefer`/`require` without a CA: encryption, the certificate is not checked (libpq's
-/// semantics), but the handshake signatures still are.
+/// The server certificate check of a mode. Without `webpki` (`prefer`/`require` without a CA)
+/// the certificate is not checked (libpq's semantics) but the handshake signatures still are;
+/// with it the chain is verified, the host name only when `check_name` (`verify-full`).
 #[derive(Debug)]
-struct Encrypt {
+struct Verifier {
+    webpki: Option<Arc<WebPkiServerVerifier>>,
+    check_name: bool,
     provider: Arc<CryptoProvider>,
 }
 
-impl ServerCertVerifier for Encrypt {
+impl ServerCertVerifier for Verifier {
     fn verify_server_cert(
         &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
     ) -> Result<ServerCertVerified, TlsError> {
-        Ok(ServerCertVerified::assertion())
+        let Some(webpki) = &self.webpki else {
+            return Ok(ServerCertVerified::assertion());
+        };
+        match webpki.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+        {
+            Err(TlsError::InvalidCertificate(
+                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+            )) if !self.check_name => Ok(ServerCertVerified::assertion()),
+            other => other,
+        }
     }
     fn verify_tls12_signature(
         &self,
@@ -171,59 +183,6 @@ impl ServerCertVerifier for Encrypt {
             dss,
             &self.provider.signature_verification_algorithms,
         )
-    }
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
-}
-
-/// `verify-ca` / `verify-full`: the chain is verified; the host name only for `verify-full`.
-#[derive(Debug)]
-struct Verify {
-    webpki: Arc<WebPkiServerVerifier>,
-    check_name: bool,
-    provider: Arc<CryptoProvider>,
-}
-
-impl ServerCertVerifier for Verify {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        server_name: &ServerName<'_>,
-        ocsp_response: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, TlsError> {
-        match self.webpki.verify_server_cert(
-            end_entity,
-            intermediates,
-            server_name,
-            ocsp_response,
-            now,
-        ) {
-            Err(TlsError::InvalidCertificate(
-                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
-            )) if !self.check_name => Ok(ServerCertVerified::assertion()),
-            other => other,
-        }
-    }
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, TlsError> {
-        self.webpki.verify_tls12_signature(message, cert, dss)
-    }
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, TlsError> {
-        self.webpki.verify_tls13_signature(message, cert, dss)
     }
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
         self.provider
