@@ -141,8 +141,8 @@ impl RmcpWithState<Inactive> {
             let received = super::socket::recv_restarting(&socket, &mut buf)
                 .map_err(ActivationError::PongReceive)?;
 
-            let (pong_header, pong_data) =
-                RmcpHeader::from_bytes(&mut buf[..received]).map_err(|_| ActivationError::PongRead)?;
+            let (pong_header, pong_data) = RmcpHeader::from_bytes(&mut buf[..received])
+                .map_err(|_| ActivationError::PongRead)?;
 
             let (supported_entities, _) = if pong_header.class().ty == RmcpType::Asf {
                 let message = ASFMessage::from_bytes(pong_data).ok_or(ActivationError::PongRead)?;
