@@ -231,6 +231,31 @@ pub struct TransitionRequest<'a> {
     pub changes: NodeChanges,
 }
 
+impl<'a> TransitionRequest<'a> {
+    /// Nodes failing: → `failed` with `reason` in their history and as upstream's `data.error`
+    /// ([`error_data`] at `now`), no session.
+    pub fn failure(
+        node_ids: &'a [i32],
+        from: &'a [NodeState],
+        actor: Actor,
+        reason: &'a str,
+        now: NaiveDateTime,
+    ) -> Self {
+        TransitionRequest {
+            node_ids,
+            from,
+            to: NodeState::Failed,
+            actor,
+            reason: Some(reason),
+            session_id: None,
+            changes: NodeChanges {
+                data_merge: Some(error_data(now, reason)),
+                ..Default::default()
+            },
+        }
+    }
+}
+
 /// A node that was moved, and the state it left.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Moved {

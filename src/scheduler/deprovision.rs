@@ -49,18 +49,13 @@ pub async fn enqueue(s: &Scheduler) -> Result<Report, SchedulerError> {
                 );
                 nodes::transition(
                     &*tx,
-                    &TransitionRequest {
-                        node_ids: &[id],
-                        from: &[NodeState::Deprovisioning],
-                        to: NodeState::Failed,
-                        actor: Actor::Scheduler,
-                        reason: Some(&detail),
-                        session_id: None,
-                        changes: NodeChanges {
-                            data_merge: Some(nodes::error_data(now, &detail)),
-                            ..Default::default()
-                        },
-                    },
+                    &TransitionRequest::failure(
+                        &[id],
+                        &[NodeState::Deprovisioning],
+                        Actor::Scheduler,
+                        &detail,
+                        now,
+                    ),
                 )
                 .await?;
                 tracing::error!(node = id, "{detail}");
@@ -285,18 +280,13 @@ async fn conclude(
     if !bad.is_empty() {
         nodes::transition(
             &*tx,
-            &TransitionRequest {
-                node_ids: bad,
-                from: &[NodeState::Deprovisioning],
-                to: NodeState::Failed,
-                actor: Actor::Scheduler,
-                reason: Some(reason),
-                session_id: None,
-                changes: NodeChanges {
-                    data_merge: Some(nodes::error_data(now, reason)),
-                    ..Default::default()
-                },
-            },
+            &TransitionRequest::failure(
+                bad,
+                &[NodeState::Deprovisioning],
+                Actor::Scheduler,
+                reason,
+                now,
+            ),
         )
         .await?;
         tracing::error!(job = job.id, nodes = ?bad, "{reason}");

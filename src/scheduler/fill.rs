@@ -183,18 +183,13 @@ async fn fail_nodes(
         };
         nodes::transition(
             &*tx,
-            &TransitionRequest {
-                node_ids: &[*id],
-                from: &[NodeState::Provisioning],
-                to: NodeState::Failed,
-                actor: Actor::Scheduler,
-                reason: Some(&why),
-                session_id: None,
-                changes: NodeChanges {
-                    data_merge: Some(nodes::error_data(now, &why)),
-                    ..Default::default()
-                },
-            },
+            &TransitionRequest::failure(
+                &[*id],
+                &[NodeState::Provisioning],
+                Actor::Scheduler,
+                &why,
+                now,
+            ),
         )
         .await?;
     }
@@ -399,18 +394,13 @@ async fn give_up_now(
     for (id, reason) in failed {
         nodes::transition(
             &*tx,
-            &TransitionRequest {
-                node_ids: &[*id],
-                from: &[NodeState::Provisioning],
-                to: NodeState::Failed,
-                actor: Actor::Scheduler,
-                reason: Some(reason),
-                session_id: None,
-                changes: NodeChanges {
-                    data_merge: Some(nodes::error_data(now, reason)),
-                    ..Default::default()
-                },
-            },
+            &TransitionRequest::failure(
+                &[*id],
+                &[NodeState::Provisioning],
+                Actor::Scheduler,
+                reason,
+                now,
+            ),
         )
         .await?;
     }

@@ -209,18 +209,13 @@ impl Scheduler {
             let detail = "contextualization interrupted (API crashed?)";
             let moved = nodes::transition(
                 &*tx,
-                &TransitionRequest {
-                    node_ids: &ids,
-                    from: &[NodeState::Contextualizing],
-                    to: NodeState::Failed,
-                    actor: Actor::Scheduler,
-                    reason: Some(detail),
-                    session_id: None,
-                    changes: NodeChanges {
-                        data_merge: Some(nodes::error_data(now, detail)),
-                        ..Default::default()
-                    },
-                },
+                &TransitionRequest::failure(
+                    &ids,
+                    &[NodeState::Contextualizing],
+                    Actor::Scheduler,
+                    detail,
+                    now,
+                ),
             )
             .await?;
             for m in &moved {
