@@ -106,12 +106,7 @@ pub async fn run_deprovision(s: &Scheduler, job: &Job) -> Result<Outcome, Schedu
         .filter(|p| p.mechanism.is_some())
         .cloned();
     if nodes.is_empty() {
-        let c = s.db.get().await?;
-        return Ok(if jobs::finish(&**c, job.id, &s.owner).await? {
-            Outcome::Done
-        } else {
-            Outcome::Lost
-        });
+        return s.finish_without_nodes(job).await;
     }
     let ids: Vec<i32> = nodes.iter().map(|n| n.id).collect();
     let Some(pool) = pool else {

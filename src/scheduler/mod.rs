@@ -431,10 +431,35 @@ impl Scheduler {
         Ok(())
     }
 
+    /// A job whose nodes are all gone (handled meanwhile, deleted): done, unless its lease was
+    /// lost to another scheduler.
+    pub(crate) async fn finish_without_nodes(&self, job: &Job) -> Result<Outcome, SchedulerError> {
+        let c = self.db.get().await?;
+        Ok(if jobs::finish(&**c, job.id, &self.owner).await? {
+            Outcome::Done
+        } else {
+            Outcome::Lost
+        })
+    }
+
     /// Did the job give up before we even start (interrupted attempts used up)?
     pub(crate) fn exhausted(&self, job: &Job) -> bool {
         job.attempts > self.max_attempts()
     }
+}
+
+/// Claim runnable jobs and start them until `max` run at once (or none is left).
+async fn start_jobs(
+    s: &Arc<Scheduler>,
+    set: &mut JoinSet<Outcome>,
+    max: usize,
+) -> Result<(), SchedulerError> {
+    while set.len() < max {
+        let Some(job) = s.claim().await? else { break };
+        let s2 = s.clone();
+        set.spawn(async move { s2.run_job(job).await });
+    }
+    Ok(())
 }
 
 /// Run one pass and every job it makes runnable, then return (`duffy scheduler --once`).
@@ -445,15 +470,7 @@ pub async fn run_once(s: Arc<Scheduler>) -> Result<Report, SchedulerError> {
     let max = s.cfg.scheduler.max_jobs.max(1) as usize;
     let mut set: JoinSet<Outcome> = JoinSet::new();
     loop {
-        while set.len() < max {
-            match s.claim().await? {
-                Some(job) => {
-                    let s2 = s.clone();
-                    set.spawn(async move { s2.run_job(job).await });
-                }
-                None => break,
-            }
-        }
+        start_jobs(&s, &mut set, max).await?;
         match set.join_next().await {
             Some(r) => count(&mut report, r),
             None => break,
@@ -532,15 +549,7 @@ pub async fn run_daemon(s: Arc<Scheduler>, url: String) -> Result<(), SchedulerE
                 sweep_now = false;
                 next_sweep = Instant::now() + fill_interval;
             }
-            while set.len() < max {
-                match s.claim().await? {
-                    Some(job) => {
-                        let s2 = s.clone();
-                        set.spawn(async move { s2.run_job(job).await });
-                    }
-                    None => break,
-                }
-            }
+            start_jobs(&s, &mut set, max).await?;
             let c = s.db.get().await?;
             let mut wait = next_sweep.saturating_duration_since(Instant::now());
             wait = wait.min(expire_interval);
