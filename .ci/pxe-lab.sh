@@ -2,9 +2,11 @@
 # Installs and builds what the real PXE boot test (tests/reinstall.rs, pxe_boot_of_a_vm_in_a_netns)
 # needs:
 #   - Debian packages: qemu-system-x86 (TCG), ipxe-qemu (the NIC's iPXE boot ROM), dnsmasq-base
-#     (DHCP + TFTP, no service started), busybox-static and cpio (the test initrd), and
-#     qemu-utils: on machines whose qemu-utils comes from bookworm-backports, installing
-#     qemu-system-x86 7.2 removes it, so qemu-img 7.2 is put back (a downgrade, not a loss);
+#     (DHCP + TFTP, no service started), busybox-static and cpio (the test initrd). qemu-img is
+#     not needed, but the machine image ships qemu-utils (a backport, 10.x) that Breaks the
+#     distribution's qemu-system-common (7.2), so apt refuses qemu-system-x86 beside it: the
+#     install then asks for qemu-utils of qemu-system-x86's own version, an explicit downgrade
+#     that is logged (qemu-img stays available), never a silent removal;
 #   - in $LAB (${DUFFY_PXE_LAB:-<repo>/target/pxe-lab}): `vmlinuz`, Debian's cloud kernel
 #     (`apt-get download` of linux-image-cloud-amd64's kernel + `dpkg-deb -x`), and `initrd.gz`:
 #     busybox, the virtio-net modules and an /init that plays the installer: DHCP, fetch the
@@ -18,7 +20,7 @@ set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 LAB="${DUFFY_PXE_LAB:-$REPO/target/pxe-lab}"
-PKGS=(qemu-system-x86 ipxe-qemu dnsmasq-base busybox-static cpio qemu-utils)
+PKGS=(qemu-system-x86 ipxe-qemu dnsmasq-base busybox-static cpio)
 MODULES=(virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci failover
     net_failover virtio_net)
 
@@ -67,8 +69,7 @@ have_pkgs() {
         [ -e /usr/lib/ipxe/qemu/efi-virtio.rom ] &&
         { command -v dnsmasq >/dev/null 2>&1 || [ -x /usr/sbin/dnsmasq ]; } &&
         dpkg-query -W -f '${Status}' busybox-static 2>/dev/null | grep -q 'ok installed' &&
-        command -v cpio >/dev/null 2>&1 &&
-        command -v qemu-img >/dev/null 2>&1
+        command -v cpio >/dev/null 2>&1
 }
 built() { [ -s "$LAB/vmlinuz" ] && [ -s "$LAB/initrd.gz" ] && [ "$(cat "$LAB/.stamp" 2>/dev/null)" = "$STAMP" ]; }
 
@@ -84,17 +85,44 @@ mkdir -p "$LAB"
 exec 9>"$LAB/.lock"
 flock 9
 
+# installed version of package $1 (empty if not installed), candidate version of $1
+installed() { dpkg-query -W -f '${Status} ${Version}\n' "$1" 2>/dev/null | awk '$3 == "installed" {print $4}'; }
+candidate() { apt-cache policy "$1" 2>/dev/null | awk '$1 == "Candidate:" {print $2}'; }
+
 if ! have_pkgs; then
     export DEBIAN_FRONTEND=noninteractive
     apt=(apt-get -o DPkg::Lock::Timeout=600 -y -qq --no-install-recommends)
-    if ! "${apt[@]}" install "${PKGS[@]}" >/dev/null 2>&1; then
+    want="$(candidate qemu-system-x86)"
+    if [ -z "$want" ] || [ "$want" = "(none)" ]; then
+        # a bare machine has no package lists yet (or stale ones)
         apt-get -o DPkg::Lock::Timeout=600 update -qq
-        "${apt[@]}" install "${PKGS[@]}"
+        want="$(candidate qemu-system-x86)"
     fi
-    have_pkgs || {
-        echo "pxe-lab.sh: ${PKGS[*]} installed but qemu-system-x86_64/dnsmasq/busybox/cpio/qemu-img missing" >&2
+    [ -n "$want" ] && [ "$want" != "(none)" ] || {
+        echo "pxe-lab.sh: no installable qemu-system-x86 in the configured apt sources" >&2
         exit 1
     }
+    pkgs=("${PKGS[@]/#qemu-system-x86/qemu-system-x86=$want}")
+    utils="$(installed qemu-utils)"
+    if [ -n "$utils" ] && [ "$utils" != "$want" ]; then
+        # qemu-utils and qemu-system-* come from one source package and must match (the newer
+        # one Breaks the older qemu-system-common): take qemu-utils to qemu-system-x86's version
+        echo "pxe-lab.sh: qemu-utils $utils is installed, qemu-system-x86 $want needs qemu-utils $want: installing qemu-utils=$want (a downgrade; qemu-img stays available)" >&2
+        pkgs+=("qemu-utils=$want")
+        apt+=(--allow-downgrades)
+    fi
+    if ! "${apt[@]}" install "${pkgs[@]}" >/dev/null 2>&1; then
+        apt-get -o DPkg::Lock::Timeout=600 update -qq
+        "${apt[@]}" install "${pkgs[@]}"
+    fi
+    have_pkgs || {
+        echo "pxe-lab.sh: ${pkgs[*]} installed but qemu-system-x86_64/dnsmasq/busybox/cpio missing" >&2
+        exit 1
+    }
+    if [ -n "$utils" ] && ! command -v qemu-img >/dev/null 2>&1; then
+        echo "pxe-lab.sh: qemu-img was installed before and is gone after the install" >&2
+        exit 1
+    fi
 fi
 
 if built; then

@@ -17,6 +17,9 @@
 //! (the interrupted jobs taken over, none stuck in `provisioning`, no duplicate); an operator's
 //! run of lab-deprovision.yml then leaves no namespace, veth, bridge, sshd or node directory.
 //!
+//! Both run in a fresh machine's view of `/run` (`common::fresh_run_view`, `.ci/fresh-run.sh`):
+//! whatever an earlier run or service left there (`/run/sshd`, namespaces) is not seen.
+//!
 //! Each test has its own name prefix, bridge, /24 subnet and state directory; a Drop guard kills
 //! the test's sshds and deletes its namespaces, veths and bridge even when the test fails. Needs
 //! root; `.ci/lab-deps.sh` installs openssh-server when missing.
@@ -76,7 +79,8 @@ impl Net {
             let used = stdout(&run(
                 Command::new("ip").args(["-o", "-4", "addr", "show", "to", &s])
             ));
-            if !taken.contains(&x) && used.trim().is_empty() {
+            // 10.231.0.0/24 is etc/duffy.yaml's (readme_lab_quick_start)
+            if x != 0 && !taken.contains(&x) && used.trim().is_empty() {
                 taken.push(x);
                 break s;
             }
@@ -517,6 +521,9 @@ fn host_authorized_keys() -> Option<Vec<u8>> {
 
 #[test]
 fn lab_pool_end_to_end() {
+    if !fresh_run_view("lab_pool_end_to_end") {
+        return;
+    }
     let host_keys_before = host_authorized_keys();
     let mut e = E2e::new(2, "");
     e.server = Some(Server::start(&e.cfg.path));
@@ -644,6 +651,9 @@ fn lab_pool_end_to_end() {
 
 #[test]
 fn lab_pool_survives_sigkill_mid_provision() {
+    if !fresh_run_view("lab_pool_survives_sigkill_mid_provision") {
+        return;
+    }
     let mut e = E2e::new(2, "            lab_provision_delay: 3\n");
     e.start_scheduler();
 
@@ -770,4 +780,188 @@ fn example_config_lab_pool_runs_the_lab_playbooks() {
             mech.extra_vars
         );
     }
+}
+
+/// The block of README.md between `<!-- lab-quick-start… -->` and `<!-- /lab-quick-start -->`,
+/// unindented.
+fn readme_quick_start() -> Vec<String> {
+    let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
+    let start = readme
+        .find("<!-- lab-quick-start")
+        .expect("README.md: <!-- lab-quick-start marker");
+    let end = readme
+        .find("<!-- /lab-quick-start -->")
+        .expect("README.md: <!-- /lab-quick-start --> marker");
+    let block = &readme[start..end];
+    let block = &block[block.find('\n').unwrap() + 1..];
+    block
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            l.strip_prefix("      ")
+                .unwrap_or_else(|| panic!("README quick start: not a code line: {l:?}"))
+                .to_string()
+        })
+        .collect()
+}
+
+/// Kills a process group (TERM, then KILL after 10 s) on drop.
+struct Group(u32);
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        let g = format!("-{}", self.0);
+        let _ = Command::new("kill").args(["-TERM", "--", &g]).status();
+        for _ in 0..100 {
+            let alive = Command::new("kill")
+                .args(["-0", "--", &g])
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            if !alive {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = Command::new("kill").args(["-KILL", "--", &g]).status();
+    }
+}
+
+/// README.md's lab quick start, typed as written on a fresh machine: the block between its
+/// `lab-quick-start` markers runs in bash (`set -e -o pipefail`), in the repository, in a fresh
+/// machine's view of `/run` with throw-away overlays on `/etc`, `/root` and `/var/lib` (it
+/// writes `/etc/duffy/ssh`, `~/.ssh` and the lab's state), against a throw-away database
+/// (`DUFFY_DATABASE_URL`). Two substitutions only: `cargo build --release` is skipped and
+/// `./target/release/duffy` is this build's `duffy`. It must end with the node's hostname
+/// printed by `ssh root@<ipaddr>` inside a node of the tenant's session.
+#[test]
+fn readme_lab_quick_start() {
+    use std::os::unix::process::CommandExt;
+    // installs before the overlays (dpkg's records must not go into a throw-away layer)
+    lab_deps();
+    ansible_bin();
+    if !fresh_run_view_with("readme_lab_quick_start", &["/etc", "/root", "/var/lib"]) {
+        return;
+    }
+    let lines = readme_quick_start();
+    assert!(
+        lines.iter().any(|l| l == "cargo build --release"),
+        "the quick start builds with `cargo build --release`: {lines:#?}"
+    );
+    let bin = env!("CARGO_BIN_EXE_duffy");
+    let script: Vec<String> = lines
+        .iter()
+        .filter(|l| *l != "cargo build --release")
+        .map(|l| l.replace("./target/release/duffy", bin))
+        .collect();
+    assert!(
+        script.iter().all(|l| !l.contains("target/release")),
+        "{script:#?}"
+    );
+
+    // the example lab pool's names: nothing of them may exist on this machine yet
+    let cfg = duffy::config::load_from(&[&repo().join("etc/duffy.yaml")]).unwrap();
+    let pool = cfg.pool("lab-centos-9s-x86_64").expect("the lab pool");
+    let vars = &pool.mechanism.as_ref().unwrap().extra_vars;
+    let var = |k: &str| {
+        vars.get(k)
+            .and_then(|v| v.as_str())
+            .unwrap_or_else(|| panic!("etc/duffy.yaml: extra-vars {k}"))
+            .to_string()
+    };
+    let net = Net {
+        prefix: var("lab_prefix"),
+        bridge: var("lab_bridge"),
+        subnet: var("lab_subnet"),
+        state: PathBuf::from(var("lab_state_dir")),
+    };
+    assert!(
+        net.links().is_empty() && net.namespaces().is_empty(),
+        "the example lab's bridge {} or nodes exist on this machine: stop that lab first",
+        net.bridge
+    );
+    assert!(
+        std::net::TcpListener::bind("127.0.0.1:8080").is_ok(),
+        "127.0.0.1:8080 (etc/duffy.yaml's app.port) is taken"
+    );
+
+    let db = TestDb::empty();
+    let dir = tempfile::tempdir().unwrap();
+    let (out, err) = (dir.path().join("stdout"), dir.path().join("stderr"));
+    let t0 = Instant::now();
+    let mut child = Command::new("bash")
+        .arg("-c")
+        .arg(format!("set -e -o pipefail\n{}\n", script.join("\n")))
+        .current_dir(repo())
+        .env("DUFFY_DATABASE_URL", &db.url)
+        .env("HOME", "/root")
+        .env_remove("DUFFY_CONFIG")
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&out).unwrap())
+        .stderr(std::fs::File::create(&err).unwrap())
+        .process_group(0)
+        .spawn()
+        .expect("start bash");
+    // serve and scheduler stay in the background: the group goes when the test ends
+    let _group = Group(child.id());
+    let has_jobs = || {
+        db.one("SELECT count(*) FROM information_schema.tables WHERE table_name = 'duffy_jobs'")
+            == "1"
+    };
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        // a failed playbook is retried with back-off: stop at the first failure, with its reason
+        let failed_job = t0.elapsed() > Duration::from_secs(2)
+            && has_jobs()
+            && db.one("SELECT count(*) FROM duffy_jobs WHERE last_error IS NOT NULL") != "0";
+        if failed_job || t0.elapsed() > Duration::from_secs(240) {
+            let _ = child.kill();
+            break child.wait().unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    let read = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
+    let stdout = read(&out);
+    let report = || {
+        format!(
+            "stdout:\n{stdout}\nstderr:\n{}\nscheduler.log (tail):\n{}\nnodes: {:?}\njobs: {:?}",
+            read(&err),
+            read(&repo().join("target/scheduler.log"))
+                .lines()
+                .rev()
+                .take(30)
+                .collect::<Vec<_>>()
+                .join("\n"),
+            db.rows("SELECT id || ' ' || state || ' ' || coalesce(hostname, '-') FROM nodes ORDER BY id"),
+            if has_jobs() {
+                db.rows("SELECT id || ' ' || kind || ' ' || state || ' ' || coalesce(last_error, '') FROM duffy_jobs ORDER BY id")
+            } else {
+                vec![]
+            },
+        )
+    };
+    assert!(
+        status.success(),
+        "the README's lab quick start failed ({status}, {:?}):\n{}",
+        t0.elapsed(),
+        report()
+    );
+    let hostname = stdout.lines().last().unwrap_or_default().trim().to_string();
+    let deployed = db.rows("SELECT hostname FROM nodes WHERE state = 'deployed'");
+    assert_eq!(
+        deployed,
+        vec![hostname.clone()],
+        "ssh root@<ipaddr> must print the deployed node's hostname\n{}",
+        report()
+    );
+    assert!(
+        hostname.starts_with(&format!("{}-", net.prefix)),
+        "{hostname}"
+    );
+    println!(
+        "readme_lab_quick_start: {:?} from the first line to `ssh … hostname` in a node",
+        t0.elapsed()
+    );
 }

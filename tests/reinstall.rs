@@ -394,6 +394,9 @@ fn assert_ok(o: &Output, what: &str) {
 
 #[test]
 fn reinstall_by_hand_check_mode_then_for_real() {
+    if !fresh_run_view("reinstall_by_hand_check_mode_then_for_real") {
+        return;
+    }
     let w = World::new("");
     w.add_node(1, "failed", Some(POOL), &w.bmc_json());
     let host = w.fake_host(1);
@@ -541,6 +544,9 @@ fn reinstall_by_hand_check_mode_then_for_real() {
 
 #[test]
 fn wrong_bmc_password_fails_the_node_with_the_reason_and_never_shows_it() {
+    if !fresh_run_view("wrong_bmc_password_fails_the_node_with_the_reason_and_never_shows_it") {
+        return;
+    }
     let w = World::new("");
     // a spare node (no pool): taken out of rotation, and failed with the reason
     w.add_node(2, "unused", None, &w.bmc_json());
@@ -577,6 +583,9 @@ fn wrong_bmc_password_fails_the_node_with_the_reason_and_never_shows_it() {
 
 #[test]
 fn refusals_name_the_problem() {
+    if !fresh_run_view("refusals_name_the_problem") {
+        return;
+    }
     let w = World::new("");
     let bmc = w.bmc_json();
     w.add_node(3, "deployed", Some(POOL), &bmc);
@@ -700,6 +709,9 @@ fn lend_and_retire(w: &World, pool: &str) {
 
 #[test]
 fn metal_pool_provisioned_and_wiped_by_the_scheduler() {
+    if !fresh_run_view("metal_pool_provisioned_and_wiped_by_the_scheduler") {
+        return;
+    }
     let w = World::new("");
     // the node as an operator registers it: duffy_node, BMC credential named in the config
     std::fs::write(
@@ -1004,6 +1016,9 @@ impl Drop for VmHost {
 
 #[test]
 fn pxe_boot_of_a_vm_in_a_netns() {
+    if !fresh_run_view("pxe_boot_of_a_vm_in_a_netns") {
+        return;
+    }
     let t0 = Instant::now();
     let files = pxe_lab_files();
     let setup = t0.elapsed();

@@ -376,3 +376,71 @@ pub fn ansible_bin() -> &'static Path {
     static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     BIN.get_or_init(|| venv_bin("ansible-venv.sh", "DUFFY_ANSIBLE_VENV", ".venv-ansible"))
 }
+
+/// Run the calling test in a fresh machine's view of `/run` (`.ci/fresh-run.sh`: an empty tmpfs
+/// but for the services' socket directories), whatever the machine has there from earlier work.
+///
+/// Called first in a test that runs roles or daemons on the host. Outside the view it runs this
+/// test binary again, only `test` (its exact name), under `.ci/fresh-run.sh`, waits for it and
+/// panics if it failed (or did not run that test); it then returns `false` and the caller
+/// returns. Inside (the re-run) it checks that `/run` really is the fresh tmpfs and returns
+/// `true`: the caller runs its body there, so a role or script that needs a `/run` path it does
+/// not create (`/run/sshd`, `/run/netns`, …) fails the test on every machine, not only on a new
+/// one. Every process the test starts shares the view; nothing it creates in `/run` is visible
+/// outside or outlives it.
+pub fn fresh_run_view(test: &str) -> bool {
+    fresh_run_view_with(test, &[])
+}
+
+/// [`fresh_run_view`] with throw-away overlays on `overlays` (`.ci/fresh-run.sh --overlay`):
+/// the test sees those directories as they are, and what it writes there is gone afterwards.
+/// Install packages before calling it, never inside: dpkg's own records under an overlaid
+/// `/var/lib` or `/etc` would be thrown away with it.
+pub fn fresh_run_view_with(test: &str, overlays: &[&str]) -> bool {
+    const TEST: &str = "DUFFY_FRESH_RUN_TEST";
+    const STARTED: &str = "DUFFY_FRESH_RUN_STARTED";
+    if std::env::var(TEST).as_deref() == Ok(test) {
+        let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+        assert!(
+            mounts
+                .lines()
+                .any(|l| l.starts_with("duffy-fresh-run /run tmpfs ")),
+            "{test}: /run is not .ci/fresh-run.sh's tmpfs"
+        );
+        for p in ["/run/sshd", "/run/netns"] {
+            assert!(
+                !Path::new(p).exists(),
+                "{p} exists in the fresh /run of {test}"
+            );
+        }
+        let marker = std::env::var(STARTED).expect(STARTED);
+        std::fs::write(marker, test).expect("write the fresh-run marker");
+        return true;
+    }
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let marker = tempfile::NamedTempFile::new().unwrap().into_temp_path();
+    std::fs::remove_file(&marker).unwrap();
+    eprintln!("{test}: running in a fresh machine's view of /run (.ci/fresh-run.sh)");
+    let mut cmd = Command::new("bash");
+    cmd.arg(repo().join(".ci/fresh-run.sh"));
+    for d in overlays {
+        cmd.args(["--overlay", d]);
+    }
+    let status = cmd
+        .arg("--")
+        .arg(&exe)
+        .args(["--exact", test, "--nocapture", "--test-threads=1"])
+        .env(TEST, test)
+        .env(STARTED, &*marker)
+        .status()
+        .unwrap_or_else(|e| panic!("cannot run .ci/fresh-run.sh {}: {e}", exe.display()));
+    assert!(
+        status.success(),
+        "{test} failed in a fresh machine's view of /run: {status} (its output is above)"
+    );
+    assert!(
+        marker.exists(),
+        "{test} did not run in the fresh view (no test of that exact name?)"
+    );
+    false
+}

@@ -191,8 +191,9 @@ sshd() {
         stop_pids "$pid"
     fi
     rm -f "$dir/sshd.pid"
-    # sshd's privilege separation directory (openssh-server's own; normally made at boot)
-    [ -d /run/sshd ] || mkdir -m 755 /run/sshd
+    # sshd's privilege separation directory (the role's task made it; /run may have been
+    # emptied since, and sshd refuses a group- or world-writable one)
+    install -d -o root -g root -m 755 /run/sshd
     # In the node's netns and a private mount (and UTS) namespace where the node's directory is
     # /root: the API's contextualization writes ~root/.ssh/authorized_keys of the node, not the
     # host's. sshd daemonizes (fork + setsid), so it is in no process group of the playbook and
