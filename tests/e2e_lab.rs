@@ -282,6 +282,7 @@ impl E2e {
 scheduler:
   ansible-playbook: {ap}
   job-log-dir: {d}/jobs
+  state-dir: {d}/state
   lease: 4s
   retry-delay: 1s
   max-attempts: 5

@@ -119,7 +119,7 @@ impl Ops {
             &config,
             format!(
                 "database:\n  sqlalchemy:\n    sync_url: {url}\n{DEFAULTS_YAML}\
-                 scheduler:\n  ansible-playbook: {ap}\n  job-log-dir: {logs}\n  fill-interval: 1h\n\
+                 scheduler:\n  ansible-playbook: {ap}\n  job-log-dir: {logs}\n  state-dir: {state}\n  fill-interval: 1h\n\
                  \x20 expire-interval: 1h\n  retry-delay: 1h\n  max-attempts: 2\n  playbook-timeout: 120\n\
                  nodepools:\n  abstract:\n    t:\n      contextualize: none\n      mechanism:\n\
                  \x20       type: ansible\n        ansible:\n          topdir: {top}\n\
@@ -132,6 +132,7 @@ impl Ops {
                 url = db.url,
                 ap = ansible_bin().join("ansible-playbook").display(),
                 logs = p.join("logs").display(),
+                state = p.join("state").display(),
             ),
         )
         .unwrap();

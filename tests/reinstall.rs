@@ -230,7 +230,7 @@ impl World {
             format!(
                 "database:\n  sqlalchemy:\n    sync_url: {url}\n{DEFAULTS_YAML}\
                  ipmi:\n  credentials:\n    lab: {{user: {BMC_USER}, password: {BMC_PASSWORD}}}\n\
-                 scheduler:\n  ansible-playbook: {ap}\n  job-log-dir: {logs}\n  max-attempts: 1\n\
+                 scheduler:\n  ansible-playbook: {ap}\n  job-log-dir: {logs}\n  state-dir: {state}\n  max-attempts: 1\n\
                  \x20 playbook-timeout: 120\n  lease: 60\n\
                  nodepools:\n  concrete:\n    {POOL}:\n      fill-level: 1\n      architecture: x86_64\n\
                  \x20     release: 9s\n      contextualize: none\n\
@@ -244,6 +244,7 @@ impl World {
                 url = db.url,
                 ap = ansible_bin().join("ansible-playbook").display(),
                 logs = d.join("logs").display(),
+                state = d.join("state").display(),
                 top = top.display(),
                 cfg = d.join("duffy.yaml").display(),
             ),

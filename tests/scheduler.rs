@@ -89,6 +89,8 @@ struct Lab {
     cfg: TestConfig,
     top: PathBuf,
     logs: PathBuf,
+    /// `scheduler.state-dir`
+    state: PathBuf,
 }
 
 impl Lab {
@@ -99,6 +101,7 @@ impl Lab {
         let dir = tempfile::tempdir().unwrap();
         let top = dir.path().join("top");
         let logs = dir.path().join("logs");
+        let state = dir.path().join("state");
         std::fs::create_dir_all(&top).unwrap();
         for (name, text) in [
             ("ok.yml", ok_playbook("set_fact")),
@@ -110,9 +113,10 @@ impl Lab {
             std::fs::write(top.join(name), text).unwrap();
         }
         let mut sched = format!(
-            "  ansible-playbook: {}\n  job-log-dir: {}\n",
+            "  ansible-playbook: {}\n  job-log-dir: {}\n  state-dir: {}\n",
             ansible_playbook().display(),
-            logs.display()
+            logs.display(),
+            state.display()
         );
         let defaults = [
             ("lease", "30"),
@@ -139,6 +143,7 @@ impl Lab {
             cfg,
             top,
             logs,
+            state,
         }
     }
 
@@ -945,4 +950,147 @@ fn an_operator_taking_a_node_out_wakes_the_scheduler() {
     let log = lab.log("daemon.log");
     assert!(log.contains("changed by an operator"), "{log}");
     eprintln!("teardown + refill after the operator's change: {took:?}");
+}
+
+/// The modes of `p` (permission bits).
+fn mode(p: &Path) -> u32 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(p)
+        .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+        .mode()
+        & 0o777
+}
+
+/// Directories one level below `dir` (empty if `dir` is missing).
+fn subdirs(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.path())
+                .filter(|p| p.is_dir())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+#[test]
+fn playbook_runs_keep_secrets_private_masked_and_swept_after_sigkill() {
+    const BMC: &str = "Bmc-s3cret-91xQ";
+    const AWS: &str = "AKs3cr3t/Zz9-0071";
+    const URL_PW: &str = "Url-pw-77qW";
+    let lab = Lab::new(
+        "  lease: 2\n",
+        &pool(
+            "p",
+            &format!(
+                "fill-level: 1\nmechanism:\n  type: ansible\n  ansible:\n    topdir: TOP\n    extra-vars:\n      hold_file: TOP/hold\n      bmc_password: {BMC}\n      creds:\n        aws_secret_key: {AWS}\n      db_url: postgresql://u:{URL_PW}@db/x\n    provision:\n      playbook: careless.yml\n"
+            ),
+        ),
+    );
+    // a careless playbook prints its secrets, then holds
+    std::fs::write(
+        lab.top.join("careless.yml"),
+        HOLD_PLAYBOOK.replacen(
+            "  tasks:\n",
+            "  tasks:\n    - name: show the secrets\n      debug:\n        msg: \"bmc {{ bmc_password }} aws {{ creds.aws_secret_key }} url {{ db_url }}\"\n",
+            1,
+        ),
+    )
+    .unwrap();
+    let hold = lab.top.join("hold");
+    std::fs::write(&hold, "").unwrap();
+    let runs = lab.state.join("runs");
+    let mut d = lab.daemon("first.log");
+
+    // while the playbook runs: its files are in the scheduler's private run directory
+    let start = Instant::now();
+    let (proc_dir, run_dir) = loop {
+        let found = subdirs(&runs)
+            .into_iter()
+            .flat_map(|p| subdirs(&p).into_iter().map(move |r| (p.clone(), r)))
+            .find(|(_, r)| r.join("vars.json").exists());
+        if let Some(f) = found {
+            break f;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "no run directory with vars.json under {} (state-dir): {}",
+            runs.display(),
+            lab.log("first.log")
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(mode(&runs), 0o700, "{}", runs.display());
+    assert_eq!(mode(&proc_dir), 0o700);
+    assert_eq!(mode(&run_dir), 0o700);
+    for f in [
+        "vars.json",
+        "inventory.ini",
+        "callback_plugins/duffy_out.py",
+    ] {
+        assert_eq!(mode(&run_dir.join(f)), 0o600, "{f}");
+    }
+    assert!(std::fs::read_to_string(run_dir.join("vars.json"))
+        .unwrap()
+        .contains(BMC));
+
+    // SIGKILL: the run directory stays behind, until the next scheduler sweeps it
+    let start = Instant::now();
+    while !std::fs::read_dir(&lab.logs)
+        .map(|d| {
+            d.flatten().any(|e| {
+                std::fs::read_to_string(e.path())
+                    .unwrap_or_default()
+                    .contains("TASK [hold]")
+            })
+        })
+        .unwrap_or(false)
+    {
+        assert!(start.elapsed() < Duration::from_secs(30), "never held");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    d.kill9();
+    assert!(run_dir.join("vars.json").exists());
+    std::fs::remove_file(&hold).unwrap();
+    let d2 = lab.daemon("second.log");
+    lab.wait_for("SELECT state FROM nodes", "ready", Duration::from_secs(60));
+    assert!(
+        !proc_dir.exists(),
+        "the killed scheduler's run directory was not swept: {}",
+        lab.log("second.log")
+    );
+    assert_eq!(
+        subdirs(&runs).len(),
+        1,
+        "only the running scheduler's directory: {:?}",
+        subdirs(&runs)
+    );
+
+    // the job logs: group-readable at most, secrets masked (the keys' values and the URL's)
+    assert_eq!(mode(&lab.logs), 0o750);
+    let logs: Vec<PathBuf> = std::fs::read_dir(&lab.logs)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert_eq!(logs.len(), 2, "{logs:?}");
+    for l in &logs {
+        assert_eq!(mode(l), 0o640, "{}", l.display());
+        let text = std::fs::read_to_string(l).unwrap();
+        assert!(text.contains("TASK [show the secrets]"), "{text}");
+        for secret in [BMC, AWS, URL_PW] {
+            assert!(
+                !text.contains(secret),
+                "{secret} in {}:\n{text}",
+                l.display()
+            );
+        }
+        assert!(text.contains("bmc ********"), "{text}");
+    }
+
+    // a stopped scheduler removes its own directory
+    drop(d2);
+    assert_eq!(subdirs(&runs), Vec::<PathBuf>::new());
 }

@@ -366,18 +366,22 @@ fn invocation_args(options: &[Opt], args: &Map<String, Value>) -> Value {
     Value::Object(out)
 }
 
+/// `x` with every occurrence of a secret [`MASK`]ed and URL passwords masked (module output,
+/// the scheduler's job logs).
+pub fn mask_text(x: &str, secrets: &[String]) -> String {
+    let mut t = x.to_string();
+    for sec in secrets {
+        if !sec.is_empty() && t.contains(sec.as_str()) {
+            t = t.replace(sec.as_str(), MASK);
+        }
+    }
+    config::mask_url(&t)
+}
+
 /// A copy of `v` where every occurrence of a secret (in strings and in keys) is [`MASK`]ed and
 /// URL passwords are masked.
 pub fn mask(v: &Value, secrets: &[String]) -> Value {
-    let s = |x: &str| -> String {
-        let mut t = x.to_string();
-        for sec in secrets {
-            if t.contains(sec.as_str()) {
-                t = t.replace(sec.as_str(), MASK);
-            }
-        }
-        config::mask_url(&t)
-    };
+    let s = |x: &str| mask_text(x, secrets);
     match v {
         Value::String(x) => Value::String(s(x)),
         Value::Number(n) if secrets.iter().any(|x| *x == n.to_string()) => Value::from(MASK),

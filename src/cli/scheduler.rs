@@ -59,6 +59,8 @@ async fn main(a: SchedulerArgs, cfg: Config) -> CliResult {
         })?;
     }
     let s = Arc::new(Scheduler::new(dbh, Arc::new(cfg)).only_pools(&a.pools));
+    // the private run directory (and the sweep of killed schedulers'): fail now, not per job
+    s.runs().map_err(|e| CliError::Other(e.to_string()))?;
     if a.once {
         // the fill count of each selected pool before and after the pass (playbooks/refill.yml)
         let filled = |s: Arc<Scheduler>| async move {

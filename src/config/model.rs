@@ -340,8 +340,11 @@ pub struct SchedulerConfig {
     /// the ansible-playbook executable
     #[serde(default = "SchedulerConfig::d_ansible")]
     pub ansible_playbook: String,
-    /// where each job's playbook output is kept
+    /// where each job's playbook output is kept (default `<state-dir>/jobs`)
     pub job_log_dir: Option<PathBuf>,
+    /// the scheduler's own files: private run directories (`runs/`), job logs unless
+    /// `job-log-dir` is set; see [`SchedulerConfig::state_dir`] for the default
+    pub state_dir: Option<PathBuf>,
     /// first delay before a failed job is retried (doubled per attempt, at most 1 h)
     #[serde(default = "SchedulerConfig::d_retry")]
     pub retry_delay: ConfigDuration,
@@ -374,6 +377,44 @@ impl SchedulerConfig {
     }
     fn d_jobs() -> u32 {
         8
+    }
+
+    /// `state-dir`, else systemd's `$STATE_DIRECTORY` (`StateDirectory=duffy`), else
+    /// `/var/lib/duffy` for root, else `$XDG_STATE_HOME/duffy` (`~/.local/state/duffy`).
+    pub fn state_dir(&self) -> PathBuf {
+        if let Some(d) = &self.state_dir {
+            return d.clone();
+        }
+        let env = |k: &str| {
+            std::env::var_os(k)
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+        };
+        if let Some(d) = env("STATE_DIRECTORY") {
+            // systemd may pass several, colon-separated: the first is ours
+            let first = d
+                .to_string_lossy()
+                .split(':')
+                .next()
+                .unwrap_or("")
+                .to_string();
+            return PathBuf::from(first);
+        }
+        // SAFETY: getuid never fails
+        if unsafe { libc::getuid() } == 0 {
+            return PathBuf::from("/var/lib/duffy");
+        }
+        env("XDG_STATE_HOME")
+            .or_else(|| env("HOME").map(|h| h.join(".local/state")))
+            .unwrap_or_else(std::env::temp_dir)
+            .join("duffy")
+    }
+
+    /// `job-log-dir`, else `<state-dir>/jobs`.
+    pub fn job_log_dir(&self) -> PathBuf {
+        self.job_log_dir
+            .clone()
+            .unwrap_or_else(|| self.state_dir().join("jobs"))
     }
 }
 

@@ -139,22 +139,8 @@ pub async fn run_deprovision(s: &Scheduler, job: &Job) -> Result<Outcome, Schedu
     let result = match playbook::extra_vars(&pool, pb, &duffy_in) {
         Err(e) => Err(e),
         Ok(vars) => {
-            let log_path = s.log_path(job);
-            {
-                let c = s.db.get().await?;
-                jobs::set_log_path(&**c, job.id, &s.owner, &log_path.display().to_string()).await?;
-            }
-            let topdir = mech.topdir.clone().unwrap_or_else(|| ".".into());
-            tracing::info!(job = job.id, pool = %pool.name, nodes = ?ids, playbook = %pb.playbook, log = %log_path.display(), "running deprovision playbook");
-            playbook::run(&playbook::Run {
-                ansible_playbook: &s.cfg.scheduler.ansible_playbook,
-                topdir: &topdir,
-                playbook: &pb.playbook,
-                extra_vars: &vars,
-                timeout: s.cfg.scheduler.playbook_timeout.0,
-                log_path: &log_path,
-            })
-            .await
+            s.run_playbook(job, &pool, &pb.playbook, &vars, &ids)
+                .await?
         }
     };
     match result {

@@ -285,22 +285,8 @@ pub async fn run_provision(s: &Scheduler, job: &Job) -> Result<Outcome, Schedule
     let result = match playbook::extra_vars(&pool, &mech.provision, &duffy_in) {
         Err(e) => Err(e),
         Ok(vars) => {
-            let log_path = s.log_path(job);
-            {
-                let c = s.db.get().await?;
-                jobs::set_log_path(&**c, job.id, &s.owner, &log_path.display().to_string()).await?;
-            }
-            let topdir = mech.topdir.clone().unwrap_or_else(|| ".".into());
-            tracing::info!(job = job.id, pool = %pool.name, nodes = ?ids, playbook = %mech.provision.playbook, log = %log_path.display(), "running provision playbook");
-            playbook::run(&playbook::Run {
-                ansible_playbook: &s.cfg.scheduler.ansible_playbook,
-                topdir: &topdir,
-                playbook: &mech.provision.playbook,
-                extra_vars: &vars,
-                timeout: s.cfg.scheduler.playbook_timeout.0,
-                log_path: &log_path,
-            })
-            .await
+            s.run_playbook(job, &pool, &mech.provision.playbook, &vars, &ids)
+                .await?
         }
     };
     let out = match result {

@@ -20,6 +20,7 @@ pub mod deprovision;
 pub mod expire;
 pub mod fill;
 pub mod playbook;
+pub mod rundir;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -102,6 +103,8 @@ pub struct Scheduler {
     pools: Option<Vec<String>>,
     /// nodes this process's provision jobs made `ready`
     pub provisioned: std::sync::atomic::AtomicUsize,
+    /// this process's private run directories (made, and dead schedulers' swept, on first use)
+    runs: std::sync::OnceLock<Result<rundir::RunDirs, String>>,
 }
 
 impl Scheduler {
@@ -132,7 +135,63 @@ impl Scheduler {
             running: Default::default(),
             pools: None,
             provisioned: Default::default(),
+            runs: Default::default(),
         }
+    }
+
+    /// This process's run directories under `scheduler.state-dir` (see [`rundir`]): made on the
+    /// first call, which also sweeps those that killed schedulers left behind.
+    pub fn runs(&self) -> Result<&rundir::RunDirs, SchedulerError> {
+        self.runs
+            .get_or_init(|| {
+                let dir = self.cfg.scheduler.state_dir();
+                let r = rundir::RunDirs::open(&dir).map_err(|e| {
+                    format!(
+                        "scheduler.state-dir {}: cannot make its private run directory: {e}",
+                        dir.display()
+                    )
+                })?;
+                if r.swept > 0 {
+                    tracing::info!(
+                        swept = r.swept,
+                        "removed the run directories of schedulers that were killed"
+                    );
+                }
+                Ok(r)
+            })
+            .as_ref()
+            .map_err(|e| SchedulerError::Other(e.clone()))
+    }
+
+    /// Run `playbook` of `pool` for `job` (its nodes `ids`) with the extra vars `vars`: the
+    /// attempt's log path recorded on the job first, the output kept there with secrets masked.
+    /// `Ok(Err(reason))`: the playbook failed.
+    pub(crate) async fn run_playbook(
+        &self,
+        job: &Job,
+        pool: &crate::config::Pool,
+        playbook: &str,
+        vars: &serde_json::Value,
+        ids: &[i32],
+    ) -> Result<Result<Option<serde_json::Value>, String>, SchedulerError> {
+        let log_path = self.log_path(job);
+        {
+            let c = self.db.get().await?;
+            jobs::set_log_path(&**c, job.id, &self.owner, &log_path.display().to_string()).await?;
+        }
+        let mech = pool.mechanism.as_ref().expect("pool with a mechanism");
+        let topdir = mech.topdir.clone().unwrap_or_else(|| ".".into());
+        tracing::info!(job = job.id, pool = %pool.name, nodes = ?ids, playbook, log = %log_path.display(), "running {} playbook", job.kind.as_str());
+        Ok(playbook::run(&playbook::Run {
+            ansible_playbook: &self.cfg.scheduler.ansible_playbook,
+            topdir: &topdir,
+            playbook,
+            extra_vars: vars,
+            timeout: self.cfg.scheduler.playbook_timeout.0,
+            log_path: &log_path,
+            runs: self.runs()?,
+        })
+        .await)
     }
 
     /// Restrict this process to `pools` (`duffy scheduler --pool`; empty: every pool): only they
@@ -178,13 +237,7 @@ impl Scheduler {
 
     /// Where the output of an attempt of a job is kept.
     pub fn log_path(&self, job: &Job) -> PathBuf {
-        let dir = self
-            .cfg
-            .scheduler
-            .job_log_dir
-            .clone()
-            .unwrap_or_else(|| std::env::temp_dir().join("duffy-jobs"));
-        dir.join(format!(
+        self.cfg.scheduler.job_log_dir().join(format!(
             "job-{}-{}-attempt-{}.log",
             job.id,
             job.kind.as_str(),

@@ -11,12 +11,15 @@
 //! process group is killed) and its output is kept in the job's log file. No database connection
 //! or transaction is held while it runs (bug 8).
 
-use std::path::{Path, PathBuf};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::Path;
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Map, Value as Json};
 
+use super::rundir::{private_dir, write_private, RunDirs};
 use crate::config::{Playbook, Pool};
 
 const CALLBACK: &str = include_str!("duffy_out.py");
@@ -29,8 +32,110 @@ pub struct Run<'a> {
     pub playbook: &'a str,
     pub extra_vars: &'a Json,
     pub timeout: Duration,
-    /// where stdout and stderr go
+    /// where stdout and stderr go (masked: [`secrets`] of the extra vars)
     pub log_path: &'a Path,
+    /// the scheduler's private run directories (vars, inventory, callback live there)
+    pub runs: &'a RunDirs,
+}
+
+/// The secrets among `vars` (the run's extra vars, `duffy_in` included): every scalar under a
+/// key that names a secret ([`crate::config::secrets::is_secret_key`]: `bmc_password`,
+/// `aws_secret_key`, …), and each long line of a multi-line one (a private key), so that the
+/// job log can mask them line by line.
+pub fn secrets(vars: &Json) -> Vec<String> {
+    fn all(v: &Json, out: &mut Vec<String>) {
+        match v {
+            Json::String(s) if !s.is_empty() => {
+                out.push(s.clone());
+                if s.contains('\n') {
+                    out.extend(
+                        s.lines()
+                            .map(str::trim)
+                            .filter(|l| l.len() >= 8)
+                            .map(str::to_string),
+                    );
+                }
+            }
+            Json::Number(n) => out.push(n.to_string()),
+            Json::Array(a) => a.iter().for_each(|x| all(x, out)),
+            Json::Object(m) => m.values().for_each(|x| all(x, out)),
+            _ => {}
+        }
+    }
+    fn walk(v: &Json, out: &mut Vec<String>) {
+        match v {
+            Json::Object(m) => {
+                for (k, x) in m {
+                    if crate::config::secrets::is_secret_key(k) {
+                        all(x, out);
+                    } else {
+                        walk(x, out);
+                    }
+                }
+            }
+            Json::Array(a) => a.iter().for_each(|x| walk(x, out)),
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    walk(vars, &mut out);
+    // longest first: a secret that contains another is masked whole
+    out.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    out.dedup();
+    out
+}
+
+/// Copy the playbook's output `from` into the job log line by line, secrets masked.
+async fn copy_masked(
+    from: impl tokio::io::AsyncRead + Unpin,
+    log: Arc<std::sync::Mutex<std::fs::File>>,
+    secrets: Arc<Vec<String>>,
+) {
+    use std::io::Write;
+    use tokio::io::AsyncBufReadExt;
+    let mut r = tokio::io::BufReader::new(from);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        match r.read_until(b'\n', &mut line).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+        let masked = match std::str::from_utf8(&line) {
+            Ok(text) => crate::ansible::mask_text(text, &secrets).into_bytes(),
+            // not UTF-8: mask the secrets' bytes
+            Err(_) => {
+                let mut l = line.clone();
+                for sec in secrets.iter() {
+                    l = replace_bytes(&l, sec.as_bytes(), crate::ansible::MASK.as_bytes());
+                }
+                l
+            }
+        };
+        // (a local file: a short blocking write)
+        let written = log.lock().map(|mut f| f.write_all(&masked));
+        if !matches!(written, Ok(Ok(()))) {
+            return;
+        }
+    }
+}
+
+fn replace_bytes(hay: &[u8], needle: &[u8], with: &[u8]) -> Vec<u8> {
+    if needle.is_empty() {
+        return hay.to_vec();
+    }
+    let mut out = Vec::with_capacity(hay.len());
+    let mut i = 0;
+    while i < hay.len() {
+        if hay[i..].starts_with(needle) {
+            out.extend_from_slice(with);
+            i += needle.len();
+        } else {
+            out.push(hay[i]);
+            i += 1;
+        }
+    }
+    out
 }
 
 fn yaml_to_json(v: &serde_yaml::Value) -> Json {
@@ -121,6 +226,15 @@ fn failure_summary(log: &Path) -> String {
     s
 }
 
+/// Aborts the output copiers on drop.
+struct AbortOnDrop(Vec<tokio::task::AbortHandle>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.iter().for_each(tokio::task::AbortHandle::abort);
+    }
+}
+
 /// Sends SIGTERM to the playbook's process group on drop unless disarmed (`.0 = None`).
 struct TermOnDrop(Option<u32>);
 
@@ -132,43 +246,53 @@ impl Drop for TermOnDrop {
     }
 }
 
-/// A private directory for one run, removed on drop.
-struct RunDir(PathBuf);
-
-impl Drop for RunDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// The run's inventory: ansible-runner's implicit localhost.
 const INVENTORY: &str = "localhost ansible_connection=local ansible_python_interpreter=\"{{ ansible_playbook_python }}\"\n";
 
 /// Run the playbook. `Ok(duffy_out)` if it ended successfully (`None`: it set no `duffy_out`),
 /// `Err(reason)` otherwise (failed, timed out, could not start).
 pub async fn run(r: &Run<'_>) -> Result<Option<Json>, String> {
-    let dir =
-        RunDir(std::env::temp_dir().join(format!("duffy-run-{}", uuid::Uuid::new_v4().simple())));
+    let dir = r
+        .runs
+        .new_run()
+        .map_err(|e| format!("preparing the playbook run: {e}"))?;
     let setup = || -> std::io::Result<()> {
-        std::fs::create_dir_all(dir.0.join("callback_plugins"))?;
-        std::fs::write(dir.0.join("callback_plugins/duffy_out.py"), CALLBACK)?;
-        std::fs::write(dir.0.join("inventory.ini"), INVENTORY)?;
-        std::fs::write(
-            dir.0.join("vars.json"),
-            serde_json::to_vec(r.extra_vars).expect("json"),
+        let d = dir.path();
+        private_dir(&d.join("callback_plugins"), 0o700)?;
+        write_private(
+            &d.join("callback_plugins/duffy_out.py"),
+            CALLBACK.as_bytes(),
+            0o600,
+        )?;
+        write_private(&d.join("inventory.ini"), INVENTORY.as_bytes(), 0o600)?;
+        write_private(
+            &d.join("vars.json"),
+            &serde_json::to_vec(r.extra_vars).expect("json"),
+            0o600,
         )?;
         if let Some(p) = r.log_path.parent() {
-            std::fs::create_dir_all(p)?;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o750)
+                .create(p)?;
         }
         Ok(())
     };
     setup().map_err(|e| format!("preparing the playbook run: {e}"))?;
-    let log = std::fs::File::create(r.log_path)
+    let log = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o640)
+        .open(r.log_path)
+        .and_then(|f| {
+            f.set_permissions(std::fs::Permissions::from_mode(0o640))?;
+            Ok(f)
+        })
         .map_err(|e| format!("creating {}: {e}", r.log_path.display()))?;
-    let log2 = log
-        .try_clone()
-        .map_err(|e| format!("log {}: {e}", r.log_path.display()))?;
-    let out_file = dir.0.join("duffy_out.json");
+    let log = Arc::new(std::sync::Mutex::new(log));
+    let secrets = Arc::new(secrets(r.extra_vars));
+    let out_file = dir.path().join("duffy_out.json");
     // The playbook dies with the scheduler, SIGKILL included: the kernel sends ansible-playbook
     // SIGTERM when the scheduler dies (PR_SET_PDEATHSIG below), on which ansible terminates its
     // workers (they run in sessions of their own). So when the job is taken over after its lease
@@ -177,11 +301,14 @@ pub async fn run(r: &Run<'_>) -> Result<Option<Json>, String> {
     let mut cmd = tokio::process::Command::new(r.ansible_playbook);
     cmd.current_dir(r.topdir)
         .arg("-i")
-        .arg(dir.0.join("inventory.ini"))
+        .arg(dir.path().join("inventory.ini"))
         .arg("-e")
-        .arg(format!("@{}", dir.0.join("vars.json").display()))
+        .arg(format!("@{}", dir.path().join("vars.json").display()))
         .arg(r.playbook)
-        .env("ANSIBLE_CALLBACK_PLUGINS", dir.0.join("callback_plugins"))
+        .env(
+            "ANSIBLE_CALLBACK_PLUGINS",
+            dir.path().join("callback_plugins"),
+        )
         .env("ANSIBLE_CALLBACKS_ENABLED", "duffy_out")
         .env("DUFFY_OUT_FILE", &out_file)
         .env("ANSIBLE_NOCOLOR", "1")
@@ -191,8 +318,8 @@ pub async fn run(r: &Run<'_>) -> Result<Option<Json>, String> {
         .env("ANSIBLE_INVENTORY_UNPARSED_WARNING", "0")
         .env("PYTHONUNBUFFERED", "1")
         .stdin(Stdio::null())
-        .stdout(log)
-        .stderr(log2)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
         .process_group(0);
     // (The "parent" is the spawning thread: a tokio worker thread, which lives as long as the
     // runtime.) SAFETY: only async-signal-safe calls (prctl, getppid) between fork and exec.
@@ -215,6 +342,33 @@ pub async fn run(r: &Run<'_>) -> Result<Option<Json>, String> {
     let pid = child.id();
     // the job's task aborted (scheduler stopping): SIGTERM, so that ansible ends its workers
     let mut guard = TermOnDrop(pid);
+    let copiers = [
+        child
+            .stdout
+            .take()
+            .map(|o| tokio::spawn(copy_masked(o, log.clone(), secrets.clone()))),
+        child
+            .stderr
+            .take()
+            .map(|o| tokio::spawn(copy_masked(o, log.clone(), secrets.clone()))),
+    ];
+    // the output copied in full (a worker that outlived ansible-playbook may hold the pipe:
+    // not waited for long), also when the job's task is aborted
+    let _abort_copiers = AbortOnDrop(copiers.iter().flatten().map(|h| h.abort_handle()).collect());
+    let flush = || async {
+        for h in copiers.iter().flatten() {
+            let _ = tokio::time::timeout(Duration::from_secs(5), async {
+                while !h.is_finished() {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            })
+            .await;
+        }
+        if let Ok(mut f) = log.lock() {
+            use std::io::Write;
+            let _ = f.flush();
+        }
+    };
     let status = match tokio::time::timeout(r.timeout, child.wait()).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => return Err(format!("waiting for ansible-playbook: {e}")),
@@ -233,6 +387,7 @@ pub async fn run(r: &Run<'_>) -> Result<Option<Json>, String> {
                 let _ = child.wait().await;
             }
             guard.0 = None;
+            flush().await;
             return Err(format!(
                 "playbook {} timed out after {}s (output: {})",
                 r.playbook,
@@ -242,6 +397,7 @@ pub async fn run(r: &Run<'_>) -> Result<Option<Json>, String> {
         }
     };
     guard.0 = None;
+    flush().await;
     if !status.success() {
         let summary = failure_summary(r.log_path);
         return Err(format!(
