@@ -1094,3 +1094,76 @@ fn playbook_runs_keep_secrets_private_masked_and_swept_after_sigkill() {
     drop(d2);
     assert_eq!(subdirs(&runs), Vec::<PathBuf>::new());
 }
+
+/// The rows a plan looked at and threw away — join and plain filters, summed over every plan
+/// node and every loop (EXPLAIN ANALYZE shows per-loop averages) — and the plan as text.
+fn plan_waste(db: &TestDb, sql: &str) -> (f64, String) {
+    fn walk(p: &serde_json::Value, total: &mut f64) {
+        let loops = p["Actual Loops"].as_f64().unwrap_or(1.0);
+        for k in ["Rows Removed by Filter", "Rows Removed by Join Filter"] {
+            *total += p[k].as_f64().unwrap_or(0.0) * loops;
+        }
+        for c in p["Plans"].as_array().into_iter().flatten() {
+            walk(c, total);
+        }
+    }
+    let text = db.one(&format!("EXPLAIN (ANALYZE, FORMAT JSON) {sql}"));
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let mut total = 0.0;
+    walk(&v[0]["Plan"], &mut total);
+    (total, text)
+}
+
+#[test]
+fn job_coverage_queries_do_not_compare_every_node_with_every_job() {
+    let db = TestDb::migrated();
+    // 30 000 nodes: 4 000 being torn down, 1 000 failed, 1 000 provisioning, 24 000 ready
+    db.exec(
+        "INSERT INTO nodes (hostname, ipaddr, state, pool, reusable)
+         SELECT 'n' || i || '.test', '10.' || (i / 65536) || '.' || (i / 256 % 256) || '.' || (i % 256),
+                (CASE WHEN i <= 4000 THEN 'deprovisioning' WHEN i <= 5000 THEN 'failed'
+                      WHEN i <= 6000 THEN 'provisioning' ELSE 'ready' END)::node_state_enum,
+                'p', false
+         FROM generate_series(1, 30000) i",
+    );
+    // 5 000 open jobs: deprovisioning of 3 500 nodes, provisioning of the failed ones and half
+    // of the provisioning ones
+    db.exec(
+        "INSERT INTO duffy_jobs (kind, pool, node_ids)
+         SELECT 'deprovision', 'p', ARRAY[i] FROM generate_series(1, 3500) i
+         UNION ALL SELECT 'provision', 'p', ARRAY[i] FROM generate_series(4001, 5500) i;
+         ANALYZE nodes; ANALYZE duffy_jobs",
+    );
+    // the answers first
+    assert_eq!(
+        db.rows(
+            &duffy::db::jobs::DEPROVISIONING_WITHOUT_JOB
+                .replace("SELECT n.id,", "SELECT count(*) FROM (SELECT n.id,")
+                .replace("ORDER BY n.id", ") x")
+        ),
+        vec!["500"]
+    );
+    let provisioning = duffy::db::jobs::PROVISIONING_WITHOUT_JOB.replace("$1", "0");
+    assert_eq!(
+        db.rows(&format!("SELECT count(*) FROM ({provisioning}) x")),
+        vec!["500"]
+    );
+    let fill = duffy::db::jobs::FILL_COUNT.replace("$1", "'p'");
+    assert_eq!(db.one(&fill), "26000");
+    // and their work: linear in nodes + jobs (a node × job comparison would be 10⁷)
+    let bound = 10.0 * (30_000.0 + 5_000.0);
+    for (name, sql) in [
+        (
+            "deprovisioning_without_job",
+            duffy::db::jobs::DEPROVISIONING_WITHOUT_JOB.to_string(),
+        ),
+        ("provisioning_without_job", provisioning),
+        ("fill_count", fill),
+    ] {
+        let (waste, plan) = plan_waste(&db, &sql);
+        assert!(
+            waste < bound,
+            "{name}: {waste} rows filtered away (bound {bound}):\n{plan}"
+        );
+    }
+}

@@ -281,19 +281,43 @@ pub async fn lock(c: &impl GenericClient, key: &str) -> Result<(), DbError> {
 /// A pool's fill count: non-retired nodes `ready` or `provisioning`, plus `failed` nodes that an
 /// open provision job will retry.
 pub async fn fill_count(c: &impl GenericClient, pool: &str) -> Result<i64, DbError> {
-    Ok(c.query_one(
-        "SELECT count(*) FROM nodes n
-             WHERE n.retired_at IS NULL AND n.pool = $1
-               AND (n.state IN ('ready', 'provisioning')
-                    OR (n.state = 'failed' AND EXISTS (
-                          SELECT 1 FROM duffy_jobs j
-                          WHERE j.kind = 'provision' AND j.state IN ('queued', 'running')
-                            AND n.id = ANY(j.node_ids))))",
-        &[&pool],
-    )
-    .await?
-    .get(0))
+    Ok(c.query_one(FILL_COUNT, &[&pool]).await?.get(0))
 }
+
+// The node ↔ open job queries below never compare every node with every job (`n.id =
+// ANY(j.node_ids)` in a correlated subquery is a nested loop: 4 000 nodes × 4 000 jobs took
+// 6 s): the ids the open jobs of a kind cover are one set, built once (a hashed subplan over
+// the open-jobs index), and each node is a probe into it. `tests/scheduler.rs` checks the plans'
+// work on 30 000 nodes and 5 000 open jobs.
+
+/// [`fill_count`]'s query (`$1`: the pool).
+pub const FILL_COUNT: &str = "SELECT count(*) FROM nodes n
+     WHERE n.retired_at IS NULL AND n.pool = $1
+       AND (n.state IN ('ready', 'provisioning')
+            OR (n.state = 'failed' AND n.id IN (
+                  SELECT unnest(j.node_ids) FROM duffy_jobs j
+                  WHERE j.kind = 'provision' AND j.state IN ('queued', 'running'))))";
+
+/// [`deprovisioning_without_job`]'s query.
+pub const DEPROVISIONING_WITHOUT_JOB: &str =
+    "SELECT n.id, COALESCE(n.pool, (SELECT sn.pool FROM sessions_nodes sn
+                                    WHERE sn.node_id = n.id
+                                    ORDER BY sn.session_id DESC LIMIT 1))
+     FROM nodes n
+     WHERE n.state = 'deprovisioning' AND n.retired_at IS NULL
+       AND NOT n.id IN (SELECT unnest(j.node_ids) FROM duffy_jobs j
+                        WHERE j.kind = 'deprovision' AND j.state IN ('queued', 'running'))
+     ORDER BY n.id";
+
+/// [`provisioning_without_job`]'s query (`$1`: seconds).
+pub const PROVISIONING_WITHOUT_JOB: &str = "SELECT n.id, n.pool FROM nodes n
+     WHERE n.state = 'provisioning' AND n.retired_at IS NULL
+       AND NOT n.id IN (SELECT unnest(j.node_ids) FROM duffy_jobs j
+                        WHERE j.kind = 'provision' AND j.state IN ('queued', 'running'))
+       AND COALESCE((SELECT max(h.at) FROM duffy_node_history h WHERE h.node_id = n.id),
+                    n.created_at AT TIME ZONE 'utc')
+           < clock_timestamp() - make_interval(secs => $1)
+     ORDER BY n.id";
 
 /// Consecutive provision jobs of `pool` that gave up (since its last successful one), and the
 /// seconds since the latest of them finished.
@@ -350,20 +374,7 @@ pub async fn nodes_by_ids(c: &impl GenericClient, ids: &[i32]) -> Result<Vec<Nod
 pub async fn deprovisioning_without_job(
     c: &impl GenericClient,
 ) -> Result<Vec<(i32, Option<String>)>, DbError> {
-    let rows = c
-        .query(
-            "SELECT n.id, COALESCE(n.pool, (SELECT sn.pool FROM sessions_nodes sn
-                                            WHERE sn.node_id = n.id
-                                            ORDER BY sn.session_id DESC LIMIT 1))
-             FROM nodes n
-             WHERE n.state = 'deprovisioning' AND n.retired_at IS NULL
-               AND NOT EXISTS (SELECT 1 FROM duffy_jobs j
-                               WHERE j.kind = 'deprovision' AND j.state IN ('queued', 'running')
-                                 AND n.id = ANY(j.node_ids))
-             ORDER BY n.id",
-            &[],
-        )
-        .await?;
+    let rows = c.query(DEPROVISIONING_WITHOUT_JOB, &[]).await?;
     Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
 }
 
@@ -374,18 +385,7 @@ pub async fn provisioning_without_job(
     older_than_secs: f64,
 ) -> Result<Vec<(i32, Option<String>)>, DbError> {
     let rows = c
-        .query(
-            "SELECT n.id, n.pool FROM nodes n
-             WHERE n.state = 'provisioning' AND n.retired_at IS NULL
-               AND NOT EXISTS (SELECT 1 FROM duffy_jobs j
-                               WHERE j.kind = 'provision' AND j.state IN ('queued', 'running')
-                                 AND n.id = ANY(j.node_ids))
-               AND COALESCE((SELECT max(h.at) FROM duffy_node_history h WHERE h.node_id = n.id),
-                            n.created_at AT TIME ZONE 'utc')
-                   < clock_timestamp() - make_interval(secs => $1)
-             ORDER BY n.id",
-            &[&older_than_secs],
-        )
+        .query(PROVISIONING_WITHOUT_JOB, &[&older_than_secs])
         .await?;
     Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
 }
