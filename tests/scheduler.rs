@@ -1167,3 +1167,58 @@ fn job_coverage_queries_do_not_compare_every_node_with_every_job() {
         );
     }
 }
+
+#[test]
+fn a_refill_is_never_stuck_behind_a_teardown_backlog() {
+    let lab = Lab::new(
+        "  max-jobs: 2\n",
+        &(pool(
+            "a",
+            &format!("fill-level: 1\n{}", mechanism("ok.yml", None)),
+        ) + &pool("b", &mechanism("ok.yml", Some("hold.yml")))),
+    );
+    // pool b: 50 nodes to tear down, whose playbooks hold until the test lets them go
+    let hold = lab.top.join("hold");
+    std::fs::write(&hold, "").unwrap();
+    lab.db.exec(
+        "INSERT INTO nodes (hostname, ipaddr, state, pool, reusable)
+         SELECT 'b' || i || '.test', '127.9.0.' || i, 'deprovisioning', 'b', false
+         FROM generate_series(1, 50) i",
+    );
+    let _d = lab.daemon("sched.log");
+    let a_ready = "SELECT count(*) FROM nodes WHERE pool = 'a' AND state = 'ready'";
+    let start = Instant::now();
+    while lab.one(a_ready) != "1" {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "pool a never filled; jobs: {:?}\n{}",
+            lab.q("SELECT id || ' ' || kind || ' ' || pool || ' ' || state FROM duffy_jobs WHERE state <> 'queued' ORDER BY id"),
+            lab.log("sched.log")
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // a tenant takes a's node: its refill is claimed although b's backlog is still held
+    lab.session("a", 1, None);
+    lab.wait_for(
+        "SELECT count(*) FROM nodes WHERE pool = 'a' AND state IN ('ready', 'deployed')",
+        "2",
+        Duration::from_secs(60),
+    );
+    assert_eq!(lab.one(a_ready), "1");
+    assert_eq!(
+        lab.one("SELECT count(*) FROM duffy_jobs WHERE kind = 'deprovision' AND state = 'running'"),
+        "1",
+        "teardowns take at most max-jobs - 1 slots"
+    );
+    assert_eq!(
+        lab.one("SELECT count(*) FROM nodes WHERE pool = 'b' AND state = 'deprovisioning'"),
+        "50"
+    );
+    // released, the backlog drains (one teardown at a time here)
+    std::fs::remove_file(&hold).unwrap();
+    lab.wait_for(
+        "SELECT count(*) < 50 FROM nodes WHERE pool = 'b' AND state = 'deprovisioning'",
+        "t",
+        Duration::from_secs(60),
+    );
+}

@@ -76,29 +76,39 @@ pub async fn enqueue(
     .get(0))
 }
 
-/// Claim the oldest runnable job — queued and due, or running with an expired lease — for
+/// Claim the next runnable job — queued and due, or running with an expired lease — for
 /// `owner`, leased for `lease_secs`, skipping pools that already run as many jobs as `limits`
-/// (`{pool: max}`) allows. One statement: concurrent schedulers skip each other's candidates
-/// (`SKIP LOCKED`) and never claim the same job; callers that need `limits` exact across
-/// processes run it after [`lock`]`("claim")` in a transaction.
+/// (`{pool: max}`) allows, and every deprovision job when `provision_only`.
+///
+/// The order is fair and puts refills first: provision jobs before deprovision jobs (a pool
+/// below its fill level never waits behind a teardown backlog), then the pool that runs the
+/// fewest jobs now (no pool starves another), then age. One statement: concurrent schedulers
+/// skip each other's candidates (`SKIP LOCKED`) and never claim the same job; callers that need
+/// `limits` exact across processes run it after [`lock`]`("claim")` in a transaction.
 pub async fn claim(
     c: &impl GenericClient,
     owner: &str,
     lease_secs: f64,
     limits: &Json,
+    provision_only: bool,
 ) -> Result<Option<Job>, DbError> {
     let row = c
         .query_opt(
             &format!(
-                "WITH cand AS (
-                   SELECT id, state = 'running' AS taken_over FROM duffy_jobs
-                   WHERE ((state = 'queued' AND not_before <= clock_timestamp())
-                          OR (state = 'running' AND lease_until < clock_timestamp()))
-                     AND (($3::jsonb -> pool) IS NULL
-                        OR (SELECT count(*) FROM duffy_jobs r
-                            WHERE r.pool = duffy_jobs.pool AND r.state = 'running'
-                              AND r.lease_until >= clock_timestamp()) < ($3::jsonb ->> pool)::int)
-                   ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED
+                "WITH busy AS (
+                   SELECT pool, count(*) AS n FROM duffy_jobs
+                   WHERE state = 'running' AND lease_until >= clock_timestamp()
+                   GROUP BY pool
+                 ), cand AS (
+                   SELECT j.id, j.state = 'running' AS taken_over
+                   FROM duffy_jobs j LEFT JOIN busy b ON b.pool = j.pool
+                   WHERE ((j.state = 'queued' AND j.not_before <= clock_timestamp())
+                          OR (j.state = 'running' AND j.lease_until < clock_timestamp()))
+                     AND (NOT $4 OR j.kind = 'provision')
+                     AND (($3::jsonb -> j.pool) IS NULL
+                          OR COALESCE(b.n, 0) < ($3::jsonb ->> j.pool)::int)
+                   ORDER BY j.kind = 'provision' DESC, COALESCE(b.n, 0), j.id
+                   LIMIT 1 FOR UPDATE OF j SKIP LOCKED
                  )
                  UPDATE duffy_jobs j SET state = 'running', attempts = attempts + 1,
                    lease_until = clock_timestamp() + make_interval(secs => $2),
@@ -115,7 +125,7 @@ pub async fn claim(
                     .collect::<Vec<_>>()
                     .join(", ")
             ),
-            &[&owner, &lease_secs, limits],
+            &[&owner, &lease_secs, limits, &provision_only],
         )
         .await?;
     Ok(row.map(|r| {

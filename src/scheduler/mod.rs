@@ -103,6 +103,8 @@ pub struct Scheduler {
     pools: Option<Vec<String>>,
     /// nodes this process's provision jobs made `ready`
     pub provisioned: std::sync::atomic::AtomicUsize,
+    /// deprovision jobs this process runs now (see [`start_jobs`]: one slot stays for refills)
+    deprovisions: std::sync::atomic::AtomicUsize,
     /// this process's private run directories (made, and dead schedulers' swept, on first use)
     runs: std::sync::OnceLock<Result<rundir::RunDirs, String>>,
 }
@@ -135,6 +137,7 @@ impl Scheduler {
             running: Default::default(),
             pools: None,
             provisioned: Default::default(),
+            deprovisions: Default::default(),
             runs: Default::default(),
         }
     }
@@ -339,15 +342,22 @@ impl Scheduler {
         Ok(r)
     }
 
-    /// Claim one runnable job, if any.
-    pub async fn claim(&self) -> Result<Option<Job>, SchedulerError> {
+    /// Claim one runnable job, if any (only a provision job when `provision_only`).
+    pub async fn claim(&self, provision_only: bool) -> Result<Option<Job>, SchedulerError> {
         let mut conn = self.db.get().await?;
         let tx = conn.transaction().await?;
         if !self.limits.as_object().is_some_and(|m| m.is_empty()) {
             // max-parallel must hold across scheduler processes
             jobs::lock(&*tx, "claim").await?;
         }
-        let job = jobs::claim(&*tx, &self.owner, self.lease_secs(), &self.limits).await?;
+        let job = jobs::claim(
+            &*tx,
+            &self.owner,
+            self.lease_secs(),
+            &self.limits,
+            provision_only,
+        )
+        .await?;
         if let Some(j) = &job {
             if j.taken_over {
                 self.audit(
@@ -501,16 +511,46 @@ impl Scheduler {
     }
 }
 
-/// Claim runnable jobs and start them until `max` run at once (or none is left).
+/// A deprovision job of this process, counted in `Scheduler::deprovisions` from its claim
+/// until its task ends (also when the task is aborted).
+struct Teardown(Arc<Scheduler>);
+
+impl Teardown {
+    fn new(s: &Arc<Scheduler>) -> Teardown {
+        s.deprovisions
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Teardown(s.clone())
+    }
+}
+
+impl Drop for Teardown {
+    fn drop(&mut self) {
+        self.0
+            .deprovisions
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// Claim runnable jobs and start them until `max` run at once (or none is left). Deprovision
+/// jobs take at most `max - 1` slots (when `max` > 1): a backlog of teardowns never leaves a
+/// pool below its fill level waiting for a free slot.
 async fn start_jobs(
     s: &Arc<Scheduler>,
     set: &mut JoinSet<Outcome>,
     max: usize,
 ) -> Result<(), SchedulerError> {
     while set.len() < max {
-        let Some(job) = s.claim().await? else { break };
+        let teardowns = s.deprovisions.load(std::sync::atomic::Ordering::SeqCst);
+        let provision_only = max > 1 && teardowns >= max - 1;
+        let Some(job) = s.claim(provision_only).await? else {
+            break;
+        };
+        let teardown = (job.kind == JobKind::Deprovision).then(|| Teardown::new(s));
         let s2 = s.clone();
-        set.spawn(async move { s2.run_job(job).await });
+        set.spawn(async move {
+            let _teardown = teardown;
+            s2.run_job(job).await
+        });
     }
     Ok(())
 }
