@@ -816,3 +816,27 @@ fn ansible_feeds_the_artifacts_role_and_reports_database_errors() {
         "{err}"
     );
 }
+
+/// Issue 12 item 5: the secrets of [`SECRET_NODE`] appear neither in `--list` nor in `--host`.
+const SECRET_NODE: &str = r#"{"ipmi": {"address": "10.9.0.1", "password": "IPMI-S3CRET-1"},
+  "provision": {"private_key": "PROV-S3CRET-2", "private_ip_address": "10.0.0.5"},
+  "secrets": {"db": "NESTED-S3CRET-3"}, "list": [{"api_key": "LIST-S3CRET-4"}]}"#;
+
+#[test]
+fn node_data_secrets_are_in_no_inventory_output() {
+    let env = setup("");
+    env._db.exec(&format!(
+        "INSERT INTO nodes (id, hostname, ipaddr, state, pool, reusable, data) VALUES
+           (20, 's20.example.org', '10.1.0.20', 'ready', '{P1}', false, '{SECRET_NODE}')"
+    ));
+    let doc = list(&env.cfg.path);
+    let host = run_json(inventory_cmd(Some(&env.cfg.path)).args(["--host", "s20.example.org"]));
+    for out in [doc.to_string(), host.to_string()] {
+        assert!(!out.contains("S3CRET"), "{out}");
+    }
+    assert_eq!(
+        host["duffy_data"],
+        json!({"ipmi": {"address": "10.9.0.1"}, "provision": {"private_ip_address": "10.0.0.5"},
+               "list": [{}]})
+    );
+}

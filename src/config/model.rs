@@ -661,8 +661,7 @@ fn section<T: DeserializeOwned>(raw: &RawConfig, key: &str) -> Result<Option<T>,
             };
             let mut msg = e.into_inner().to_string();
             // serde quotes the offending value (`invalid type: integer `1234``): not for secrets
-            let last = path.rsplit(['.', '[']).next().unwrap_or_default();
-            if secrets::is_secret_key(last) || path.starts_with("metaclient.usermap") {
+            if secrets::is_secret_path(&path) {
                 msg = secrets::redact_quoted(&msg);
             }
             Err(raw.invalid(&path, msg))
