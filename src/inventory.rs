@@ -22,6 +22,7 @@
 //!   `[{name, ssh_keys: [..]}]`) on `inventory.artifacts-group`, from active non-admin tenants.
 //! * Strings from the database that contain `{` are emitted as `{"__ansible_unsafe": "…"}`:
 //!   Ansible then never evaluates them as Jinja templates (script inventories are trusted).
+//!   Node `data` is judged by its decoded strings: `\u007b` in the stored JSON text is a `{`.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::Write;
@@ -245,8 +246,9 @@ fn mark_unsafe(v: &mut Json) {
 /// What one pass over a node's `data` text found.
 #[derive(Debug, Default, PartialEq)]
 struct DataScan {
-    /// a key that may name a secret, a string holding `{`, or an escape in a key: the text must
-    /// be re-encoded ([`public_data`]) instead of copied
+    /// a key that may name a secret, a string holding `{` (written as such or as the escape
+    /// `\u007b`), or an escape in a key: the text must be re-encoded ([`public_data`]) instead
+    /// of copied
     needs_rewrite: bool,
     /// top-level scalar values of the wanted keys (strings unescaped, numbers/booleans as written)
     captured: Vec<Option<String>>,
@@ -276,6 +278,13 @@ fn scan_data<W: AsRef<str>>(data: &str, wanted: &[W]) -> DataScan {
                 while j < b.len() && b[j] != b'"' {
                     match b[j] {
                         b'\\' => {
+                            // `\u007b` is a `{` too: Ansible decodes it before templating
+                            if b.get(j + 1) == Some(&b'u')
+                                && b.get(j + 2..j + 6)
+                                    .is_some_and(|h| h.eq_ignore_ascii_case(b"007b"))
+                            {
+                                scan.needs_rewrite = true;
+                            }
                             escaped = true;
                             j += 2;
                             continue;
@@ -936,6 +945,13 @@ mod tests {
         // the verbatim text and the re-encoding agree on clean data
         let v: Json = serde_json::from_str(clean).unwrap();
         assert_eq!(public_data(v.clone()), v);
+        // `{` written as a JSON escape is a `{` (issue 12 item 3); other escapes are not
+        for esc in [r#"{"n": "\u007b\u007b x }}"}"#, r#"[{"n": ["a\u007Bb"]}]"#] {
+            assert!(scan_data(esc, &[] as &[&str]).needs_rewrite, "{esc}");
+        }
+        for esc in [r#"{"n": "\u0041\\u007b \n \""}"#, r#"{"n": "\\u007b"}"#] {
+            assert!(!scan_data(esc, &[] as &[&str]).needs_rewrite, "{esc}");
+        }
     }
 
     #[test]

@@ -840,3 +840,70 @@ fn node_data_secrets_are_in_no_inventory_output() {
                "list": [{}]})
     );
 }
+
+/// Issue 12 item 3: a template written with JSON escapes (`\u007b\u007b … \u007d\u007d`, as the
+/// `json` column keeps the text as written) is marked unsafe like a plain one: Ansible prints
+/// the literal text and never runs the lookup in it on the controller.
+#[test]
+fn escaped_templates_in_node_data_stay_literal_in_ansible() {
+    let env = setup("");
+    let tmp = tempfile::tempdir().unwrap();
+    let marker = tmp.path().join("pwned");
+    // the JSON text as written: `{` and `}` as `\u007b`/`\u007B`/`\u007d`/`\u007D`
+    let data = format!(
+        r#"{{"note": "\u007b\u007b lookup('pipe', 'touch {}') \u007D\u007d", "deep": [{{"x": "\u007B% if true %\u007dyes\u007b% endif %\u007d"}}]}}"#,
+        marker.display()
+    );
+    env._db.exec(&format!(
+        "INSERT INTO nodes (id, hostname, ipaddr, state, pool, reusable, data) VALUES
+           (21, 'esc.example.org', '10.1.0.21', 'ready', '{P1}', false, $d${data}$d$)"
+    ));
+    let literal = format!("{{{{ lookup('pipe', 'touch {}') }}}}", marker.display());
+    let doc = list(&env.cfg.path);
+    let data = &doc["_meta"]["hostvars"]["esc.example.org"]["duffy_data"];
+    assert_eq!(data["note"], json!({"__ansible_unsafe": literal}), "{data}");
+    assert_eq!(
+        data["deep"][0]["x"],
+        json!({"__ansible_unsafe": "{% if true %}yes{% endif %}"}),
+        "{data}"
+    );
+
+    let a = Ansible::new(&env.cfg.path);
+    for arg in ["var=duffy_data.note", "msg={{ duffy_data.note }}"] {
+        let o = a.run(
+            "ansible",
+            &[
+                "-i",
+                "inventory/duffy.sh",
+                "esc.example.org",
+                "-m",
+                "debug",
+                "-a",
+                arg,
+            ],
+        );
+        let out = stdout(&o);
+        assert!(
+            out.contains(&serde_json::to_string(&literal).unwrap()),
+            "{arg}: {out}"
+        );
+        assert!(!marker.exists(), "{arg}: the lookup ran on the controller");
+    }
+    let o = a.run(
+        "ansible",
+        &[
+            "-i",
+            "inventory/duffy.sh",
+            "esc.example.org",
+            "-m",
+            "debug",
+            "-a",
+            "var=duffy_data.deep",
+        ],
+    );
+    assert!(
+        stdout(&o).contains("{% if true %}yes{% endif %}"),
+        "{}",
+        stdout(&o)
+    );
+}
