@@ -2318,3 +2318,68 @@ fn node_data_secrets_are_in_no_response() {
         "GET /sessions/ID",
     );
 }
+
+#[test]
+fn anonymous_reads_can_be_refused() {
+    let env = Env::new(
+        &format!(
+            "app: {{anonymous-reads: false}}\n{}",
+            pools_yaml(&[("p1", 1)])
+        ),
+        |db| add_ready_nodes(db, "p1", 1, 1),
+    );
+    let alice = env.tenant("alice", &[]);
+    let a = Some(("alice", alice.as_str()));
+    let api = env.api();
+    let r = api.post("/sessions", a, specs(&[("p1", 1)]));
+    assert_eq!(r.status, 201, "{}", r.text());
+    let sid = r.json()["session"]["id"].as_i64().unwrap();
+    let nid = env.count("SELECT min(id) FROM nodes");
+    let reads = [
+        "/pools".to_string(),
+        "/pools/p1".to_string(),
+        "/nodes".to_string(),
+        format!("/nodes/{nid}"),
+        "/sessions".to_string(),
+        format!("/sessions/{sid}"),
+        "/tenants".to_string(),
+    ];
+    for path in &reads {
+        // anonymous: upstream's answer of a required-auth endpoint
+        let r = api.get(path, None);
+        assert_eq!(
+            (r.status, r.text().as_str()),
+            (401, r#"{"detail":"Not authenticated"}"#),
+            "GET {path}"
+        );
+        assert_eq!(
+            r.header("www-authenticate"),
+            Some(r#"Basic realm="duffy""#),
+            "{path}"
+        );
+        // with credentials: as before
+        assert_eq!(api.get(path, a).status, 200, "GET {path} as alice");
+        // bad credentials are still told apart
+        let r = api.get(
+            path,
+            Some(("alice", "00000000-0000-4000-8000-000000000000")),
+        );
+        assert_eq!(
+            (r.status, r.detail()),
+            (401, "Unauthorized".into()),
+            "{path}"
+        );
+    }
+    // a tenant sees its own sessions only, as with anonymous reads on
+    let r = api.get("/sessions", a);
+    assert_eq!(r.json()["sessions"].as_array().unwrap().len(), 1);
+    // the API's documents stay public
+    let r = send(env.srv.port, "GET", "/openapi.json", &[], b"");
+    assert_eq!(r.status, 200);
+
+    // default (no setting): anonymous reads answered, as upstream does
+    let open = Env::new(&pools_yaml(&[("p1", 1)]), |_| {});
+    for path in ["/pools", "/pools/p1", "/nodes", "/sessions"] {
+        assert_eq!(open.api().get(path, None).status, 200, "GET {path}");
+    }
+}

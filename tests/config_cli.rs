@@ -565,6 +565,45 @@ fn tasks_is_accepted_and_logged_once_as_unused() {
 // app.anonymous-reads, and the one secret rule in `config check`
 
 #[test]
+fn anonymous_reads_is_validated_and_shown() {
+    let s = Sandbox::new();
+    let closed = s.file("closed.yaml", "app: {port: 8080, anonymous-reads: false}\n");
+    let out = check_ok(&run(
+        &mut s.cmd(),
+        &["-c", &show(&closed), "config", "check"],
+    ));
+    assert_eq!(
+        line(&out, "Anonymous reads: "),
+        "refused (app.anonymous-reads: false)"
+    );
+    let yaml = out.split_once("---\n").unwrap().1;
+    let v: serde_yaml::Value = serde_yaml::from_str(yaml).unwrap();
+    assert_eq!(v["app"]["anonymous-reads"], serde_yaml::Value::from(false));
+
+    // the default, stated: upstream's behaviour
+    let open = s.file("open.yaml", "app: {port: 8080}\n");
+    let out = check_ok(&run(&mut s.cmd(), &["-c", &show(&open), "config", "check"]));
+    assert_eq!(
+        line(&out, "Anonymous reads: "),
+        "allowed (app.anonymous-reads: true)"
+    );
+
+    // a bad value: one line naming the key
+    for bad in ["maybe", "1", "[true]", "null"] {
+        let f = s.file("bad.yaml", &format!("app: {{anonymous-reads: {bad}}}\n"));
+        let e = config_error(&run(&mut s.cmd(), &["-c", &show(&f), "config", "check"]));
+        assert!(
+            e.starts_with(&format!(
+                "duffy: config error: {}: app.anonymous-reads: ",
+                show(&f)
+            )),
+            "{bad}: {e}"
+        );
+        assert!(e.contains("boolean"), "{bad}: {e}");
+    }
+}
+
+#[test]
 fn config_check_masks_by_the_one_secret_rule() {
     let s = Sandbox::new();
     let f = s.file(
