@@ -72,7 +72,9 @@ fn opt_time(t: &Option<NaiveDateTime>) -> Value {
     json!(t.as_ref().map(timefmt::iso_z))
 }
 
-/// The API's `NodeModel` (without `state` for session nodes it is added by the caller).
+/// The API's `NodeModel` (without `state` for session nodes it is added by the caller). `data`
+/// leaves without its secret-named keys ([`crate::secrets`], like the inventory's `duffy_data`):
+/// every response that shows a node goes through here.
 pub fn node_json(n: &Node, state: Option<NodeState>) -> Map<String, Value> {
     let mut m = Map::new();
     m.insert("hostname".into(), json!(n.hostname));
@@ -80,7 +82,10 @@ pub fn node_json(n: &Node, state: Option<NodeState>) -> Map<String, Value> {
     m.insert("comment".into(), json!(n.comment));
     m.insert("pool".into(), json!(n.pool));
     m.insert("reusable".into(), json!(n.reusable));
-    m.insert("data".into(), n.data.clone());
+    let mut data = n.data.clone();
+    // secret-named keys (BMC passwords, private keys, …) never leave through the API
+    crate::secrets::redact(&mut data, crate::secrets::Redact::Remove);
+    m.insert("data".into(), data);
     m.insert("id".into(), json!(n.id));
     m.insert("state".into(), json!(state));
     m

@@ -16,11 +16,13 @@
 //! * Hostvars: `ansible_host` (the IP address), `duffy_node_id`, `duffy_hostname`, `duffy_pool`,
 //!   `duffy_state`, `duffy_reusable`, `duffy_comment`, `duffy_session_id`, `duffy_tenant`,
 //!   `duffy_expires_at`, `duffy_retired_at` (retired nodes only), `duffy_<attr>` and `duffy_data`
-//!   (the node's `data` without secrets: keys named like passwords, tokens, keys are dropped).
+//!   (the node's `data` without secrets: keys named like passwords, tokens, keys are dropped
+//!   by [`crate::secrets`]' one rule).
 //! * `artifacts_projects_list` (the CentOS `artifacts-srv` role's variable:
 //!   `[{name, ssh_keys: [..]}]`) on `inventory.artifacts-group`, from active non-admin tenants.
 //! * Strings from the database that contain `{` are emitted as `{"__ansible_unsafe": "…"}`:
 //!   Ansible then never evaluates them as Jinja templates (script inventories are trusted).
+//!   Node `data` is judged by its decoded strings: `\u007b` in the stored JSON text is a `{`.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::Write;
@@ -32,6 +34,7 @@ use thiserror::Error;
 use crate::config::{self, AttributeRule, Config, ConfigError};
 use crate::db::inventory::{ArtifactTenant, InventoryNode};
 use crate::db::{self, DbError};
+use crate::secrets::{self, Redact};
 use crate::state::NodeState;
 
 /// The variable the artifacts storage box role reads.
@@ -222,62 +225,30 @@ fn write_opt_text(out: &mut Vec<u8>, s: Option<&str>) {
     }
 }
 
-/// Does a key of node `data` name a secret? The config's rule
-/// ([`config::secrets::is_secret_key`]: `*password*`, `*passwd*`, `*secret*`, `*token*`, `key`,
-/// `*_key`, `*-key`, `*apikey`) plus `*private*`; without allocating (it runs on every key).
-pub fn is_secret_data_key(k: &str) -> bool {
-    // lower-case into a stack buffer: no allocation for ordinary keys
-    let mut buf = [0u8; 64];
-    if k.len() > buf.len() {
-        return secret_lower(k.to_ascii_lowercase().as_bytes());
-    }
-    let lower = &mut buf[..k.len()];
-    lower.copy_from_slice(k.as_bytes());
-    lower.make_ascii_lowercase();
-    secret_lower(lower)
+/// Node `data` as shown to Ansible: secret-named keys ([`secrets::is_secret_key`]) dropped at
+/// every depth, strings made safe ([`text`]).
+pub fn public_data(mut v: Json) -> Json {
+    secrets::redact(&mut v, Redact::Remove);
+    mark_unsafe(&mut v);
+    v
 }
 
-/// [`is_secret_data_key`] on a lower-cased key, by hand: `str::contains` costs more to set up
-/// than these short keys take to scan.
-fn secret_lower(k: &[u8]) -> bool {
-    if k == b"key" || k.ends_with(b"_key") || k.ends_with(b"-key") || k.ends_with(b"apikey") {
-        return true;
-    }
-    (0..k.len()).any(|i| {
-        let rest = &k[i..];
-        match k[i] {
-            b'p' => {
-                rest.starts_with(b"password")
-                    || rest.starts_with(b"passwd")
-                    || rest.starts_with(b"private")
-            }
-            b's' => rest.starts_with(b"secret"),
-            b't' => rest.starts_with(b"token"),
-            _ => false,
-        }
-    })
-}
-
-/// Node `data` as shown to Ansible: secret keys dropped at every depth, strings made safe.
-pub fn public_data(v: &Json) -> Json {
+/// [`text`] applied to every string of `v`, in place.
+fn mark_unsafe(v: &mut Json) {
     match v {
-        Json::Object(m) => Json::Object(
-            m.iter()
-                .filter(|(k, _)| !is_secret_data_key(k))
-                .map(|(k, v)| (k.clone(), public_data(v)))
-                .collect(),
-        ),
-        Json::Array(a) => Json::Array(a.iter().map(public_data).collect()),
-        Json::String(s) => text(s),
-        other => other.clone(),
+        Json::String(s) if s.contains('{') => *v = text(s),
+        Json::Object(m) => m.values_mut().for_each(mark_unsafe),
+        Json::Array(a) => a.iter_mut().for_each(mark_unsafe),
+        _ => {}
     }
 }
 
 /// What one pass over a node's `data` text found.
 #[derive(Debug, Default, PartialEq)]
 struct DataScan {
-    /// a key that may name a secret, a string holding `{`, or an escape in a key: the text must
-    /// be re-encoded ([`public_data`]) instead of copied
+    /// a key that may name a secret, a string holding `{` (written as such or as the escape
+    /// `\u007b`), or an escape in a key: the text must be re-encoded ([`public_data`]) instead
+    /// of copied
     needs_rewrite: bool,
     /// top-level scalar values of the wanted keys (strings unescaped, numbers/booleans as written)
     captured: Vec<Option<String>>,
@@ -307,6 +278,13 @@ fn scan_data<W: AsRef<str>>(data: &str, wanted: &[W]) -> DataScan {
                 while j < b.len() && b[j] != b'"' {
                     match b[j] {
                         b'\\' => {
+                            // `\u007b` is a `{` too: Ansible decodes it before templating
+                            if b.get(j + 1) == Some(&b'u')
+                                && b.get(j + 2..j + 6)
+                                    .is_some_and(|h| h.eq_ignore_ascii_case(b"007b"))
+                            {
+                                scan.needs_rewrite = true;
+                            }
                             escaped = true;
                             j += 2;
                             continue;
@@ -336,7 +314,7 @@ fn scan_data<W: AsRef<str>>(data: &str, wanted: &[W]) -> DataScan {
             b':' => {
                 if let Some((s, e, escaped)) = last.take() {
                     let key = &data[s..e];
-                    if escaped || is_secret_data_key(key) {
+                    if escaped || secrets::is_secret_key(key) {
                         scan.needs_rewrite = true;
                     } else if depth == 1 {
                         pending = wanted.iter().position(|w| w.as_ref() == key);
@@ -537,7 +515,7 @@ impl<'c> Builder<'c> {
         let scan = scan_data(&n.data, &self.wanted);
         let data = scan.needs_rewrite.then(|| {
             let v: Json = serde_json::from_str(&n.data).unwrap_or(Json::Null);
-            serde_json::to_string(&public_data(&v)).expect("JSON values serialize")
+            serde_json::to_string(&public_data(v)).expect("JSON values serialize")
         });
         let pool_vals: &[PoolValues] = match n.pool.as_deref() {
             Some(p) => {
@@ -904,50 +882,6 @@ mod tests {
     }
 
     #[test]
-    fn secret_keys_follow_the_config_rule_plus_private() {
-        for k in [
-            "password",
-            "BMC_Password",
-            "passwd",
-            "client_secret",
-            "api_token",
-            "key",
-            "KEY",
-            "ssh_key",
-            "host-key",
-            "apikey",
-            "ApiKey",
-            "private",
-            "ssh_private_pem",
-        ] {
-            assert!(is_secret_data_key(k), "{k}");
-        }
-        for k in [
-            "address",
-            "user",
-            "credential",
-            "mac",
-            "keyboard",
-            "monkey_island",
-            "architecture",
-            "public_ipaddress",
-            "ec2_instance_id",
-            "",
-        ] {
-            assert!(!is_secret_data_key(k), "{k}");
-            assert!(!config::secrets::is_secret_key(k), "{k}");
-        }
-        for k in [
-            "password", "passwd", "secret", "token", "key", "a_key", "a-key", "apikey",
-        ] {
-            assert!(
-                config::secrets::is_secret_key(k) && is_secret_data_key(k),
-                "{k}"
-            );
-        }
-    }
-
-    #[test]
     fn strips_secrets_and_marks_templates_unsafe() {
         let d = json!({
             "bmc": {"address": "10.0.0.9", "user": "root", "password": "hunter2", "credential": "rack3"},
@@ -956,7 +890,7 @@ mod tests {
             "architecture": "x86_64", "n": 3
         });
         assert_eq!(
-            public_data(&d),
+            public_data(d),
             json!({
                 "bmc": {"address": "10.0.0.9", "user": "root", "credential": "rack3"},
                 "provision": {"ipaddr": "10.0.0.1", "tags": [{"__ansible_unsafe": "{{ lookup('pipe', 'id') }}"}, "plain"]},
@@ -1010,7 +944,14 @@ mod tests {
         assert!(scan_data(r#"{"comment": "x{y"}"#, &[] as &[&str]).needs_rewrite);
         // the verbatim text and the re-encoding agree on clean data
         let v: Json = serde_json::from_str(clean).unwrap();
-        assert_eq!(public_data(&v), v);
+        assert_eq!(public_data(v.clone()), v);
+        // `{` written as a JSON escape is a `{` (issue 12 item 3); other escapes are not
+        for esc in [r#"{"n": "\u007b\u007b x }}"}"#, r#"[{"n": ["a\u007Bb"]}]"#] {
+            assert!(scan_data(esc, &[] as &[&str]).needs_rewrite, "{esc}");
+        }
+        for esc in [r#"{"n": "\u0041\\u007b \n \""}"#, r#"{"n": "\\u007b"}"#] {
+            assert!(!scan_data(esc, &[] as &[&str]).needs_rewrite, "{esc}");
+        }
     }
 
     #[test]

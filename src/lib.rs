@@ -21,6 +21,7 @@ pub mod jinja;
 pub mod output;
 pub mod percent;
 pub mod scheduler;
+pub mod secrets;
 pub mod sshkeys;
 pub mod state;
 pub mod tenant;

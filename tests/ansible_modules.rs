@@ -1177,3 +1177,62 @@ fn a_playbook_with_all_four_modules_changes_nothing_the_second_time() {
     assert_eq!((p.rc, p.changed()), (0, 0), "{}", p.stdout);
     assert_eq!(lab.count("SELECT count(*) FROM sessions"), 1);
 }
+
+/// Issue 12 item 5: the secrets of a node's `data` (set by anyone, at any depth) are in no
+/// output of `duffy_node` or `duffy_session` (JSON callback with `--diff`, default at `-vvv`).
+#[test]
+fn node_data_secrets_are_in_no_module_output() {
+    let lab = Lab::new();
+    create_tenant(&lab.config, "ci-team", &[]);
+    lab.db.exec(
+        r#"INSERT INTO nodes (hostname, ipaddr, state, pool, reusable, data) VALUES
+           ('s1.example.net', '127.45.0.1', 'ready', 'p2', false,
+            '{"ipmi": {"address": "10.9.0.1", "password": "IPMI-S3CRET-1"},
+              "provision": {"private_key": "PROV-S3CRET-2", "ec2_instance_id": "i-0abc"},
+              "secrets": {"db": "NESTED-S3CRET-3"}, "list": [{"Passwd": "LIST-S3CRET-4"}]}')"#,
+    );
+    let t = tasks(
+        "- name: change the node
+  duffy_node:
+    hostname: s1.example.net
+    comment: touched
+    data: {vault: {tokens: [ARG-S3CRET-5, ARG-S3CRET-6]}, bmc: {password: 271828}}
+- name: session over the database
+  duffy_session:
+    tenant: ci-team
+    nodes_specs: [{pool: p2, quantity: 1}]
+    reuse: true
+",
+    );
+    let p1 = lab.play("secrets", &t, &["--diff"]);
+    assert_eq!(p1.rc, 0, "{}{}", p1.stdout, p1.stderr);
+    assert_eq!(p1.task("change the node")["changed"], true);
+    let node = &p1.task("change the node")["node"]["data"];
+    assert_eq!(node["ipmi"]["address"], "10.9.0.1", "{node}");
+    assert_eq!(node["provision"]["ec2_instance_id"], "i-0abc", "{node}");
+    assert_eq!(
+        p1.task("session over the database")["session"]["nodes"][0]["data"]["ipmi"]["address"],
+        "10.9.0.1"
+    );
+    let p2 = lab.play_with("secrets", &t, &["-vvv", "--diff"], |c| {
+        c.env("ANSIBLE_STDOUT_CALLBACK", "default");
+    });
+    assert_eq!(p2.rc, 0, "{}{}", p2.stdout, p2.stderr);
+    for (run, p) in [("json", &p1), ("-vvv", &p2)] {
+        let all = p.all_output();
+        assert!(
+            !all.contains("S3CRET"),
+            "{run} output leaks node data secrets:\n{all}"
+        );
+        assert!(
+            !all.contains("271828"),
+            "{run} output leaks a numeric password:\n{all}"
+        );
+    }
+    // stored as given
+    assert_eq!(
+        lab.one("SELECT data->'vault'->'tokens'->>1 FROM nodes WHERE hostname = 's1.example.net'")
+            .as_deref(),
+        Some("ARG-S3CRET-6")
+    );
+}

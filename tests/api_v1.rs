@@ -2214,3 +2214,172 @@ fn session_create_contextualization_201_and_503() {
     let r = api.post("/sessions", a, specs(&[("ctx", 2), ("p1", 1)]));
     assert_eq!(r.status, 201, "{}", r.text());
 }
+
+// ---------------------------------------------------------------------------------------------
+// Secrets in node data (issue 12, item 5) and `app.anonymous-reads` (item 6)
+
+/// Node data with secrets at several depths; none of the `S3CRET` values may leave the server.
+const SECRET_DATA: &str = r#"{"architecture": "x86_64",
+  "ipmi": {"address": "10.9.0.1", "user": "root", "password": "IPMI-S3CRET-1"},
+  "provision": {"ec2_instance_id": "i-0abc", "private_key": "-----BEGIN KEY----- PROV-S3CRET-2",
+                "public_key": "ssh-ed25519 AAAA visible"},
+  "api_token": "TOK-S3CRET-3", "secrets": {"db": "NESTED-S3CRET-4"},
+  "list": [{"Passwd": "LIST-S3CRET-5"}]}"#;
+
+/// What the API shows of [`SECRET_DATA`]: secret-named keys removed at every depth.
+fn public_secret_data() -> Value {
+    json!({"architecture": "x86_64",
+           "ipmi": {"address": "10.9.0.1", "user": "root"},
+           "provision": {"ec2_instance_id": "i-0abc", "public_key": "ssh-ed25519 AAAA visible"},
+           "list": [{}]})
+}
+
+#[track_caller]
+fn assert_no_secret(r: &Resp, what: &str) {
+    assert!(r.status < 300, "{what}: {} {}", r.status, r.text());
+    let t = r.text();
+    assert!(!t.contains("S3CRET"), "{what} leaks node data secrets: {t}");
+}
+
+#[test]
+fn node_data_secrets_are_in_no_response() {
+    let env = Env::new(&pools_yaml(&[("p1", 1)]), |db| {
+        db.exec(&format!(
+            "INSERT INTO nodes (hostname, ipaddr, state, pool, reusable, data) VALUES \
+             ('s1.example.net', '127.9.0.1', 'ready', 'p1', false, '{SECRET_DATA}')"
+        ));
+    });
+    let alice = env.tenant("alice", &[]);
+    let a = Some(("alice", alice.as_str()));
+    let api = env.api();
+    let id = env.count("SELECT id FROM nodes WHERE hostname = 's1.example.net'");
+
+    for auth in [None, a, env.admin()] {
+        let r = api.get("/nodes", auth);
+        assert_no_secret(&r, "GET /nodes");
+        assert_eq!(r.json()["nodes"][0]["data"], public_secret_data());
+    }
+    for auth in [a, env.admin()] {
+        let r = api.get(&format!("/nodes/{id}"), auth);
+        assert_no_secret(&r, "GET /nodes/ID");
+        assert_eq!(r.json()["node"]["data"], public_secret_data());
+    }
+
+    // the node lent in a session: create, list (anonymous, owner, admin), show, extend
+    let r = api.post("/sessions", a, specs(&[("p1", 1)]));
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert_no_secret(&r, "POST /sessions");
+    let node = &r.json()["session"]["nodes"][0];
+    assert_eq!(
+        node["data"]["ipmi"],
+        json!({"address": "10.9.0.1", "user": "root"})
+    );
+    let sid = r.json()["session"]["id"].as_i64().unwrap();
+    for auth in [None, a, env.admin()] {
+        let r = api.get("/sessions", auth);
+        assert_no_secret(&r, "GET /sessions");
+        assert_eq!(r.json()["sessions"][0]["nodes"][0]["id"], json!(id));
+    }
+    for auth in [a, env.admin()] {
+        assert_no_secret(
+            &api.get(&format!("/sessions/{sid}"), auth),
+            "GET /sessions/ID",
+        );
+    }
+    assert_no_secret(
+        &api.put(&format!("/sessions/{sid}"), a, json!({"expires_at": "+1h"})),
+        "PUT /sessions/ID",
+    );
+
+    // POST /nodes: stored as given, answered without the secrets
+    let r = api.post(
+        "/nodes",
+        env.admin(),
+        json!({"hostname": "s2.example.net", "ipaddr": "127.9.0.2",
+               "data": {"bmc": {"password": "POSTED-S3CRET-6", "address": "10.9.0.2"}}}),
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert_no_secret(&r, "POST /nodes");
+    assert_eq!(
+        r.json()["node"]["data"],
+        json!({"bmc": {"address": "10.9.0.2"}})
+    );
+    assert_eq!(
+        env.scalar("SELECT data->'bmc'->>'password' FROM nodes WHERE hostname = 's2.example.net'"),
+        "POSTED-S3CRET-6"
+    );
+    // the session retired: nodes shown without state, still without secrets
+    assert_no_secret(
+        &api.put(&format!("/sessions/{sid}"), a, json!({"active": false})),
+        "PUT /sessions/ID (retire)",
+    );
+    assert_no_secret(
+        &api.get(&format!("/sessions/{sid}"), env.admin()),
+        "GET /sessions/ID",
+    );
+}
+
+#[test]
+fn anonymous_reads_can_be_refused() {
+    let env = Env::new(
+        &format!(
+            "app: {{anonymous-reads: false}}\n{}",
+            pools_yaml(&[("p1", 1)])
+        ),
+        |db| add_ready_nodes(db, "p1", 1, 1),
+    );
+    let alice = env.tenant("alice", &[]);
+    let a = Some(("alice", alice.as_str()));
+    let api = env.api();
+    let r = api.post("/sessions", a, specs(&[("p1", 1)]));
+    assert_eq!(r.status, 201, "{}", r.text());
+    let sid = r.json()["session"]["id"].as_i64().unwrap();
+    let nid = env.count("SELECT min(id) FROM nodes");
+    let reads = [
+        "/pools".to_string(),
+        "/pools/p1".to_string(),
+        "/nodes".to_string(),
+        format!("/nodes/{nid}"),
+        "/sessions".to_string(),
+        format!("/sessions/{sid}"),
+        "/tenants".to_string(),
+    ];
+    for path in &reads {
+        // anonymous: upstream's answer of a required-auth endpoint
+        let r = api.get(path, None);
+        assert_eq!(
+            (r.status, r.text().as_str()),
+            (401, r#"{"detail":"Not authenticated"}"#),
+            "GET {path}"
+        );
+        assert_eq!(
+            r.header("www-authenticate"),
+            Some(r#"Basic realm="duffy""#),
+            "{path}"
+        );
+        // with credentials: as before
+        assert_eq!(api.get(path, a).status, 200, "GET {path} as alice");
+        // bad credentials are still told apart
+        let r = api.get(
+            path,
+            Some(("alice", "00000000-0000-4000-8000-000000000000")),
+        );
+        assert_eq!(
+            (r.status, r.detail()),
+            (401, "Unauthorized".into()),
+            "{path}"
+        );
+    }
+    // a tenant sees its own sessions only, as with anonymous reads on
+    let r = api.get("/sessions", a);
+    assert_eq!(r.json()["sessions"].as_array().unwrap().len(), 1);
+    // the API's documents stay public
+    let r = send(env.srv.port, "GET", "/openapi.json", &[], b"");
+    assert_eq!(r.status, 200);
+
+    // default (no setting): anonymous reads answered, as upstream does
+    let open = Env::new(&pools_yaml(&[("p1", 1)]), |_| {});
+    for path in ["/pools", "/pools/p1", "/nodes", "/sessions"] {
+        assert_eq!(open.api().get(path, None).status, 200, "GET {path}");
+    }
+}

@@ -560,3 +560,101 @@ fn tasks_is_accepted_and_logged_once_as_unused() {
     check_ok(&o);
     assert!(!stderr(&o).contains("celery"), "{}", stderr(&o));
 }
+
+// ---------------------------------------------------------------------------------------------
+// app.anonymous-reads, and the one secret rule in `config check`
+
+#[test]
+fn anonymous_reads_is_validated_and_shown() {
+    let s = Sandbox::new();
+    let closed = s.file("closed.yaml", "app: {port: 8080, anonymous-reads: false}\n");
+    let out = check_ok(&run(
+        &mut s.cmd(),
+        &["-c", &show(&closed), "config", "check"],
+    ));
+    assert_eq!(
+        line(&out, "Anonymous reads: "),
+        "refused (app.anonymous-reads: false)"
+    );
+    let yaml = out.split_once("---\n").unwrap().1;
+    let v: serde_yaml::Value = serde_yaml::from_str(yaml).unwrap();
+    assert_eq!(v["app"]["anonymous-reads"], serde_yaml::Value::from(false));
+
+    // the default, stated: upstream's behaviour
+    let open = s.file("open.yaml", "app: {port: 8080}\n");
+    let out = check_ok(&run(&mut s.cmd(), &["-c", &show(&open), "config", "check"]));
+    assert_eq!(
+        line(&out, "Anonymous reads: "),
+        "allowed (app.anonymous-reads: true)"
+    );
+
+    // a bad value: one line naming the key
+    for bad in ["maybe", "1", "[true]", "null"] {
+        let f = s.file("bad.yaml", &format!("app: {{anonymous-reads: {bad}}}\n"));
+        let e = config_error(&run(&mut s.cmd(), &["-c", &show(&f), "config", "check"]));
+        assert!(
+            e.starts_with(&format!(
+                "duffy: config error: {}: app.anonymous-reads: ",
+                show(&f)
+            )),
+            "{bad}: {e}"
+        );
+        assert!(e.contains("boolean"), "{bad}: {e}");
+    }
+}
+
+#[test]
+fn config_check_masks_by_the_one_secret_rule() {
+    let s = Sandbox::new();
+    let f = s.file(
+        "pools.yaml",
+        "inventory:
+  attributes:
+    arch: {pool-key: architecture, data-key: architecture}
+nodepools:
+  concrete:
+    p:
+      fill-level: 1
+      mechanism:
+        type: ansible
+        ansible:
+          provision: {playbook: p.yml}
+          extra-vars:
+            secrets: {db: NestedS3cret1}
+            tokens: [ListS3cret2]
+            ssh_private: PrivS3cret3
+            aws_secret_key: AwsS3cret4
+            ssh_public_key: ssh-ed25519 AAAA visible
+            private_ip: 10.0.0.1
+",
+    );
+    let out = check_ok(&run(&mut s.cmd(), &["-c", &show(&f), "config", "check"]));
+    for secret in ["S3cret1", "S3cret2", "S3cret3", "S3cret4"] {
+        assert!(!out.contains(secret), "{secret} leaked:\n{out}");
+    }
+    let yaml = out.split_once("---\n").unwrap().1;
+    let v: serde_yaml::Value = serde_yaml::from_str(yaml).unwrap();
+    let ev = &v["nodepools"]["concrete"]["p"]["mechanism"]["ansible"]["extra-vars"];
+    assert_eq!(
+        ev["secrets"],
+        serde_yaml::Value::from("**********"),
+        "{out}"
+    );
+    assert_eq!(
+        ev["ssh_public_key"],
+        serde_yaml::Value::from("ssh-ed25519 AAAA visible")
+    );
+    assert_eq!(ev["private_ip"], serde_yaml::Value::from("10.0.0.1"));
+    // names of keys, not keys: shown
+    let arch = &v["inventory"]["attributes"]["arch"];
+    assert_eq!(
+        arch["pool-key"],
+        serde_yaml::Value::from("architecture"),
+        "{out}"
+    );
+    assert_eq!(
+        arch["data-key"],
+        serde_yaml::Value::from("architecture"),
+        "{out}"
+    );
+}

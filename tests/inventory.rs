@@ -816,3 +816,94 @@ fn ansible_feeds_the_artifacts_role_and_reports_database_errors() {
         "{err}"
     );
 }
+
+/// Issue 12 item 5: the secrets of [`SECRET_NODE`] appear neither in `--list` nor in `--host`.
+const SECRET_NODE: &str = r#"{"ipmi": {"address": "10.9.0.1", "password": "IPMI-S3CRET-1"},
+  "provision": {"private_key": "PROV-S3CRET-2", "private_ip_address": "10.0.0.5"},
+  "secrets": {"db": "NESTED-S3CRET-3"}, "list": [{"api_key": "LIST-S3CRET-4"}]}"#;
+
+#[test]
+fn node_data_secrets_are_in_no_inventory_output() {
+    let env = setup("");
+    env._db.exec(&format!(
+        "INSERT INTO nodes (id, hostname, ipaddr, state, pool, reusable, data) VALUES
+           (20, 's20.example.org', '10.1.0.20', 'ready', '{P1}', false, '{SECRET_NODE}')"
+    ));
+    let doc = list(&env.cfg.path);
+    let host = run_json(inventory_cmd(Some(&env.cfg.path)).args(["--host", "s20.example.org"]));
+    for out in [doc.to_string(), host.to_string()] {
+        assert!(!out.contains("S3CRET"), "{out}");
+    }
+    assert_eq!(
+        host["duffy_data"],
+        json!({"ipmi": {"address": "10.9.0.1"}, "provision": {"private_ip_address": "10.0.0.5"},
+               "list": [{}]})
+    );
+}
+
+/// Issue 12 item 3: a template written with JSON escapes (`\u007b\u007b … \u007d\u007d`, as the
+/// `json` column keeps the text as written) is marked unsafe like a plain one: Ansible prints
+/// the literal text and never runs the lookup in it on the controller.
+#[test]
+fn escaped_templates_in_node_data_stay_literal_in_ansible() {
+    let env = setup("");
+    let tmp = tempfile::tempdir().unwrap();
+    let marker = tmp.path().join("pwned");
+    // the JSON text as written: `{` and `}` as `\u007b`/`\u007B`/`\u007d`/`\u007D`
+    let data = format!(
+        r#"{{"note": "\u007b\u007b lookup('pipe', 'touch {}') \u007D\u007d", "deep": [{{"x": "\u007B% if true %\u007dyes\u007b% endif %\u007d"}}]}}"#,
+        marker.display()
+    );
+    env._db.exec(&format!(
+        "INSERT INTO nodes (id, hostname, ipaddr, state, pool, reusable, data) VALUES
+           (21, 'esc.example.org', '10.1.0.21', 'ready', '{P1}', false, $d${data}$d$)"
+    ));
+    let literal = format!("{{{{ lookup('pipe', 'touch {}') }}}}", marker.display());
+    let doc = list(&env.cfg.path);
+    let data = &doc["_meta"]["hostvars"]["esc.example.org"]["duffy_data"];
+    assert_eq!(data["note"], json!({"__ansible_unsafe": literal}), "{data}");
+    assert_eq!(
+        data["deep"][0]["x"],
+        json!({"__ansible_unsafe": "{% if true %}yes{% endif %}"}),
+        "{data}"
+    );
+
+    let a = Ansible::new(&env.cfg.path);
+    for arg in ["var=duffy_data.note", "msg={{ duffy_data.note }}"] {
+        let o = a.run(
+            "ansible",
+            &[
+                "-i",
+                "inventory/duffy.sh",
+                "esc.example.org",
+                "-m",
+                "debug",
+                "-a",
+                arg,
+            ],
+        );
+        let out = stdout(&o);
+        assert!(
+            out.contains(&serde_json::to_string(&literal).unwrap()),
+            "{arg}: {out}"
+        );
+        assert!(!marker.exists(), "{arg}: the lookup ran on the controller");
+    }
+    let o = a.run(
+        "ansible",
+        &[
+            "-i",
+            "inventory/duffy.sh",
+            "esc.example.org",
+            "-m",
+            "debug",
+            "-a",
+            "var=duffy_data.deep",
+        ],
+    );
+    assert!(
+        stdout(&o).contains("{% if true %}yes{% endif %}"),
+        "{}",
+        stdout(&o)
+    );
+}

@@ -976,3 +976,34 @@ fn serve_listeners_serve_legacy_and_config_errors() {
         ));
     }
 }
+
+/// `app.anonymous-reads: false` closes the legacy API's anonymous `/Inventory` too (it is the
+/// anonymous `GET /api/v1/sessions` in another shape): the answer of `/Node/*` without a key.
+#[test]
+fn anonymous_inventory_follows_app_anonymous_reads() {
+    let db = TestDb::migrated();
+    let pools = pools_yaml(&[(X86, 2)]);
+    let base = TestConfig::new(&db.url, &pools);
+    let k1 = create_tenant(&base.path, "t1", &[]);
+    add_ready_nodes(&db, X86, 2, 4);
+    let lp = free_port();
+    let cfg = TestConfig::new(
+        &db.url,
+        &format!(
+            "app: {{anonymous-reads: false}}\n{pools}{}",
+            metaclient_yaml(&[(&k1, "t1")], Some(lp))
+        ),
+    );
+    let mut srv = Server::start(&cfg.path);
+    wait_listening(lp, &mut srv.child);
+    let r = get(lp, &format!("/Node/get?key={k1}&ver=8-stream&count=1"));
+    assert_eq!(r.status, 200, "{}", r.body);
+    for anon in ["/Inventory", "/Inventory?key="] {
+        expect(lp, anon, 403, NOT_AUTHENTICATED);
+    }
+    // with a key: as before
+    let rows = get(lp, &format!("/Inventory?key={k1}")).json();
+    assert_eq!(rows.as_array().unwrap().len(), 1, "{rows}");
+    // the v1 listener of the same server refuses anonymous reads
+    expect(srv.port, "/api/v1/sessions", 401, NOT_AUTHENTICATED);
+}

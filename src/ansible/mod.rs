@@ -279,10 +279,8 @@ fn run_module(
                 .options
                 .iter()
                 .any(|o| o.name == k || o.aliases.contains(&k.as_str()));
-            if !known && config::secrets::is_secret_key(k) {
-                if let Value::String(x) = v {
-                    s.push(x.clone());
-                }
+            if !known && crate::secrets::is_secret_key(k) {
+                crate::secrets::scalars(v, &mut s);
             }
         }
         s.retain(|x| !x.is_empty());

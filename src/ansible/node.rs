@@ -17,10 +17,10 @@ use anyhow::{anyhow, bail};
 use serde_json::{json, Map, Value};
 
 use super::{actor, Dflt, Duffy, Failure, Module, Opt, Outcome, Run, Spec, Type};
-use crate::config::secrets::is_secret_key;
 use crate::db::nodes::{self, NewNode, Node, NodeChanges, NodeUpdate, TransitionRequest};
 use crate::db::{self, audit};
 use crate::events::{self, Event};
+use crate::secrets::{self, Redact};
 use crate::state::{self, Actor, NodeState};
 use crate::timefmt;
 
@@ -75,40 +75,14 @@ pub const MODULE: Module = Module {
 /// States a node may be created in.
 const CREATE_STATES: [NodeState; 3] = [NodeState::Unused, NodeState::Ready, NodeState::Failed];
 
-/// `data` with the values of secret-looking keys (`*password*`, `*token*`, …) masked.
-fn masked_data(v: &Value) -> Value {
-    match v {
-        Value::Object(m) => Value::Object(
-            m.iter()
-                .map(|(k, x)| {
-                    if is_secret_key(k) && !x.is_object() && !x.is_null() {
-                        (k.clone(), json!(super::MASK))
-                    } else {
-                        (k.clone(), masked_data(x))
-                    }
-                })
-                .collect(),
-        ),
-        Value::Array(a) => Value::Array(a.iter().map(masked_data).collect()),
-        other => other.clone(),
-    }
-}
-
-/// Secret-looking values in `data`, for the runtime's masking.
-fn data_secrets(v: &Value, run: &Run) {
-    if let Value::Object(m) = v {
-        for (k, x) in m {
-            match x {
-                Value::String(s) if is_secret_key(k) => run.secret(s.clone()),
-                Value::Object(_) => data_secrets(x, run),
-                _ => {}
-            }
-        }
-    }
+/// `data` as the module shows it: the values of secret-named keys masked
+/// ([`secrets::redact`]), so that a diff still shows that a secret is set.
+fn masked_data(d: &Value) -> Value {
+    secrets::redacted(d, Redact::Mask(super::MASK))
 }
 
 /// The node as shown in `diff` and returned in `node`.
-fn view(n: &Node) -> Value {
+pub(crate) fn view(n: &Node) -> Value {
     json!({
         "id": n.id,
         "hostname": n.hostname,
@@ -277,7 +251,10 @@ fn run(run: &mut Run) -> anyhow::Result<Outcome> {
     let wanted = p.str("state").unwrap_or("present").to_string();
     let ip = ipaddr(run)?;
     if let Some(d) = run.params.get("data") {
-        data_secrets(d, run);
+        // the runtime masks them wherever they appear (the echoed `invocation` too)
+        let mut found = Vec::new();
+        secrets::secret_values(d, &mut found);
+        found.into_iter().for_each(|s| run.secret(s));
     }
     let reason = run
         .params
@@ -505,16 +482,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn data_merge_and_masking() {
+    fn data_merge() {
         let cur = json!({"a": 1, "b": 2, "bmc_password": "x"});
         let given = json!({"b": null, "c": 3}).as_object().unwrap().clone();
         assert_eq!(
             merge_data(&cur, &given),
             json!({"a": 1, "bmc_password": "x", "c": 3})
-        );
-        assert_eq!(
-            masked_data(&cur),
-            json!({"a": 1, "b": 2, "bmc_password": super::super::MASK})
         );
     }
 }

@@ -380,7 +380,8 @@ fn log_v1_failure(what: &str, e: &ApiError) {
 // handlers
 
 /// Upstream's `req_credentials`: `key` → (tenant name, key); `None` when `key` is missing or
-/// empty (403 "Not authenticated" on `/Node/*`, anonymous on `/Inventory`); a key not in the
+/// empty (403 "Not authenticated" on `/Node/*`, anonymous on `/Inventory` unless
+/// `app.anonymous-reads` is false); a key not in the
 /// usermap is an error (403 "Forbidden"). Errors are the 403's detail.
 fn credentials<'a>(
     lg: &'a Legacy,
@@ -575,6 +576,9 @@ async fn inventory(st: &AppState, lg: &Legacy, q: &HashMap<String, String>) -> R
                 }
             }
         }
+        // `app.anonymous-reads: false` closes this mirror of anonymous `GET /api/v1/sessions`
+        // too, with this API's answer to a missing key
+        None if !st.cfg.app.anonymous_reads => detail(StatusCode::FORBIDDEN, "Not authenticated"),
         None => match alloc::list(&st.db, &st.cfg, None).await {
             // anonymous `GET /api/v1/sessions`: every tenant's active sessions
             Ok(sessions) => {

@@ -67,10 +67,16 @@ impl From<TenantError> for ApiError {
 pub async fn route(st: &AppState, req: Request<Incoming>, rest: &[&str]) -> R {
     let m = req.method().clone();
     match (rest, &m) {
-        (["pools"], &Method::GET) => get_pools(st),
-        (["pools", name], &Method::GET) => get_pool(st, name).await,
+        (["pools"], &Method::GET) => {
+            check_reader(st, req.headers()).await?;
+            get_pools(st)
+        }
+        (["pools", name], &Method::GET) => {
+            check_reader(st, req.headers()).await?;
+            get_pool(st, name).await
+        }
         (["sessions"], &Method::GET) => {
-            let caller = st.auth(req.headers(), false).await?;
+            let caller = st.auth(req.headers(), !st.cfg.app.anonymous_reads).await?;
             let list = alloc::list(&st.db, &st.cfg, caller.as_ref()).await?;
             Ok(ok(
                 "get",
@@ -90,6 +96,7 @@ pub async fn route(st: &AppState, req: Request<Incoming>, rest: &[&str]) -> R {
         }
         (["sessions", id], &Method::PUT) => update_session(st, req, id).await,
         (["nodes"], &Method::GET) => {
+            check_reader(st, req.headers()).await?;
             let c = st.db.get().await?;
             let list = nodes::list_active(&**c).await?;
             Ok(ok(
@@ -139,6 +146,17 @@ pub async fn route(st: &AppState, req: Request<Incoming>, rest: &[&str]) -> R {
         (["sessions", _] | ["tenants", _], _) => Ok(method_not_allowed("GET, PUT")),
         _ => Err(ApiError::not_found()),
     }
+}
+
+/// The reads upstream answers anonymously (`GET /pools`, `/pools/{name}`, `/nodes`; `/sessions`
+/// authenticates optionally): with `app.anonymous-reads: false` they need a tenant — 401 `Not
+/// authenticated` without credentials, as upstream's required-auth endpoints. With the default
+/// (`true`) credentials are not even looked at, as upstream.
+async fn check_reader(st: &AppState, h: &hyper::HeaderMap) -> Result<(), ApiError> {
+    if !st.cfg.app.anonymous_reads {
+        st.auth_required(h).await?;
+    }
+    Ok(())
 }
 
 fn node_model(n: &nodes::Node) -> Value {

@@ -41,6 +41,12 @@ pub fn run(cmd: ConfigCmd, cfg: &Config) -> CliResult {
             if !concrete.is_empty() {
                 println!("Concrete pools: {}", concrete.join(", "));
             }
+            // stated even when unset: it decides who can read node data through the API
+            let anon = cfg.app.anonymous_reads;
+            println!(
+                "Anonymous reads: {} (app.anonymous-reads: {anon})",
+                if anon { "allowed" } else { "refused" }
+            );
             println!("---");
             print!("{masked}");
         }

@@ -204,11 +204,19 @@ pub struct AppConfig {
     pub logging: Option<Value>,
     #[serde(default)]
     pub retries: Option<Retries>,
+    /// duffy's own: may anonymous callers read (`GET /api/v1/pools`, `/nodes`, `/sessions`
+    /// and the legacy `/Inventory` without a key)? Default `true`, as upstream (compat spec §12
+    /// bug 17); `false` answers them as upstream answers a required-auth endpoint.
+    #[serde(default = "AppConfig::d_anonymous_reads", rename = "anonymous-reads")]
+    pub anonymous_reads: bool,
 }
 
 impl AppConfig {
     fn d_host() -> String {
         "127.0.0.1".into()
+    }
+    fn d_anonymous_reads() -> bool {
+        true
     }
     fn d_port() -> u16 {
         8080
@@ -223,6 +231,7 @@ impl Default for AppConfig {
             loglevel: LogLevel::Info,
             logging: None,
             retries: None,
+            anonymous_reads: Self::d_anonymous_reads(),
         }
     }
 }
@@ -702,8 +711,7 @@ fn section<T: DeserializeOwned>(raw: &RawConfig, key: &str) -> Result<Option<T>,
             };
             let mut msg = e.into_inner().to_string();
             // serde quotes the offending value (`invalid type: integer `1234``): not for secrets
-            let last = path.rsplit(['.', '[']).next().unwrap_or_default();
-            if secrets::is_secret_key(last) || path.starts_with("metaclient.usermap") {
+            if secrets::is_secret_path(&path) {
                 msg = secrets::redact_quoted(&msg);
             }
             Err(raw.invalid(&path, msg))

@@ -1,26 +1,46 @@
 //! Masking of secrets in a config before it is shown (`duffy config check/dump`, logs).
-//! Masked: passwords inside URLs, values of keys that name a secret (`*password*`, `*secret*`,
-//! `*token*`, `key`, `*_key`, `api_key`…) and the keys of `metaclient.usermap` (legacy API keys).
-//! Passwords in URLs are masked in the userinfo part and in `password=` parameters (URL query or
-//! libpq keyword strings such as `host=db password=…`), wherever such a string appears.
+//! Masked: passwords inside URLs, the whole value of every key that names a secret by the one
+//! rule ([`crate::secrets::is_secret_key`]: `*password*`, `*secret*`, `*token*`, `*private*`,
+//! `key`, `*_key`, `api_key`…; mappings and lists under such a key too) and the keys of
+//! `metaclient.usermap` (legacy API keys). Not masked: `inventory.attributes.*.pool-key` and
+//! `data-key`, which duffy's schema defines as *names* of keys. Passwords in URLs are masked in
+//! the userinfo part and in `password=` parameters (URL query or libpq keyword strings such as
+//! `host=db password=…`), wherever such a string appears.
 
 use serde_yaml::{Mapping, Value};
 
 use super::merge::key_text;
+use crate::secrets::is_secret_key;
 
 pub const MASK: &str = "**********";
 
-/// Does a key's name say that its value is a secret?
-pub fn is_secret_key(k: &str) -> bool {
-    let k = k.to_ascii_lowercase();
-    k.contains("password")
-        || k.contains("passwd")
-        || k.contains("secret")
-        || k.contains("token")
-        || k == "key"
-        || k.ends_with("_key")
-        || k.ends_with("-key")
-        || k.ends_with("apikey")
+/// Does the config key `key` under `parent` (a dotted key path, `""` at the top) hold a
+/// secret? The one rule on the key's name, except for the keys the schema defines as names of
+/// other keys; the keys of `metaclient.usermap` are secrets themselves.
+pub fn is_secret_entry(parent: &str, key: &str) -> bool {
+    if parent == "metaclient.usermap" {
+        return true;
+    }
+    if parent.starts_with("inventory.attributes.") && matches!(key, "pool-key" | "data-key") {
+        return false;
+    }
+    is_secret_key(key)
+}
+
+/// Is the value at a key path of an error message (`a.b[2].c`) a secret or inside one?
+pub fn is_secret_path(path: &str) -> bool {
+    let mut start = 0;
+    while start <= path.len() {
+        let end = path[start..].find('.').map_or(path.len(), |i| start + i);
+        let seg = &path[start..end];
+        let key = seg.find('[').map_or(seg, |i| &seg[..i]);
+        let parent = path[..start].strip_suffix('.').unwrap_or("");
+        if !key.is_empty() && is_secret_entry(parent, key) {
+            return true;
+        }
+        start = end + 1;
+    }
+    false
 }
 
 /// Mask the passwords of a connection string: `scheme://user:pw@host` →
@@ -125,7 +145,7 @@ fn walk(v: &Value, path: &str) -> Value {
                 let p = super::merge::join(path, &kt);
                 if path == "metaclient.usermap" {
                     out.insert(Value::from(format!("{MASK}{}", i + 1)), walk(v, &p));
-                } else if is_secret_key(&kt) && !v.is_mapping() && !v.is_null() {
+                } else if !v.is_null() && is_secret_entry(path, &kt) {
                     out.insert(k.clone(), Value::from(MASK));
                 } else {
                     out.insert(k.clone(), walk(v, &p));
@@ -166,5 +186,30 @@ mod tests {
         assert!(!out.contains("hunter2"), "{out}");
         assert!(out.contains("api_username: u"), "{out}");
         assert!(out.contains("name: t"), "{out}");
+    }
+
+    #[test]
+    fn secret_paths_follow_the_one_rule_with_the_schema_exceptions() {
+        for (path, secret) in [
+            ("client.auth.key", true),
+            ("ipmi.credentials.bmc.password", true),
+            (
+                "nodepools.abstract.v.mechanism.ansible.extra-vars.secrets.db",
+                true,
+            ),
+            (
+                "nodepools.abstract.v.mechanism.ansible.extra-vars.tokens[1]",
+                true,
+            ),
+            ("metaclient.usermap.8e06b6e1", true),
+            ("inventory.attributes.arch.pool-key", false),
+            ("inventory.attributes.arch.data-key", false),
+            ("nodepools.concrete.p.extra-vars.data-key", true),
+            ("ipmi.credentials.bmc.user", false),
+            ("app.port", false),
+            ("", false),
+        ] {
+            assert_eq!(is_secret_path(path), secret, "{path}");
+        }
     }
 }

@@ -39,7 +39,7 @@ pub struct Run<'a> {
 }
 
 /// The secrets among `vars` (the run's extra vars, `duffy_in` included): every scalar under a
-/// key that names a secret ([`crate::config::secrets::is_secret_key`]: `bmc_password`,
+/// key that names a secret ([`crate::secrets::is_secret_key`]: `bmc_password`,
 /// `aws_secret_key`, …), and each long line of a multi-line one (a private key), so that the
 /// job log can mask them line by line.
 pub fn secrets(vars: &Json) -> Vec<String> {
@@ -66,7 +66,7 @@ pub fn secrets(vars: &Json) -> Vec<String> {
         match v {
             Json::Object(m) => {
                 for (k, x) in m {
-                    if crate::config::secrets::is_secret_key(k) {
+                    if crate::secrets::is_secret_key(k) {
                         all(x, out);
                     } else {
                         walk(x, out);
