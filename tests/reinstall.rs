@@ -47,8 +47,11 @@ const BMC_USER: &str = "admin";
 const BMC_PASSWORD: &str = "Bmc-s3cret-7Qx";
 const WRONG_PASSWORD: &str = "Wr0ng-pw-K2z";
 const POOL: &str = "metal-lab-pxe-centos-9s-x86_64";
-/// How long the stand-in takes to "install".
-const INSTALL_TIME: Duration = Duration::from_millis(1500);
+/// How long the stand-in takes to "install": the window in which its SSH is down. The role
+/// polls for that window after the power cycle ("Wait until the old system is down"); a real
+/// install takes minutes, but with 1.5 s a loaded machine (ansible starting the next task
+/// late) missed it and the test failed now and then.
+const INSTALL_TIME: Duration = Duration::from_secs(6);
 
 /// The module binaries Cargo built for this test.
 const MODULES: &[(&str, &str)] = &[
@@ -140,8 +143,37 @@ fn fake_host_loop(
             }
         }
     };
+    // the chassis script's calls, in order: a power cycle (off, then on a moment later) is
+    // seen as two transitions however late this thread looks (sampling the `power` file can
+    // miss the off on a loaded machine)
+    let mut calls_seen = 0;
+    let mut pending: std::collections::VecDeque<bool> = Default::default();
     while !stop.load(Ordering::SeqCst) {
-        let now_on = read_trim(&chassis.join("power")) == "1";
+        let calls = std::fs::read_to_string(chassis.join("calls.log")).unwrap_or_default();
+        if calls.len() > calls_seen {
+            let new = &calls[calls_seen..];
+            let complete = new.rfind('\n').map_or(0, |i| i + 1);
+            for line in new[..complete].lines() {
+                let mut w = line.split_whitespace();
+                if w.next() != Some("set") {
+                    continue;
+                }
+                let words: Vec<&str> = w.collect();
+                for kv in words.chunks(2) {
+                    match kv {
+                        ["power", v] => pending.push_back(*v == "1"),
+                        ["shutdown", _] => pending.push_back(false),
+                        _ => {}
+                    }
+                }
+            }
+            calls_seen += complete;
+        }
+        let now_on = match pending.pop_front() {
+            Some(v) => v,
+            // no call since: the file (the test sets it directly at the start)
+            None => read_trim(&chassis.join("power")) == "1",
+        };
         if power && !now_on {
             listener = None;
             installing = None;
@@ -756,7 +788,15 @@ fn metal_pool_provisioned_and_wiped_by_the_scheduler() {
             .collect();
         assert!(o.status.success(), "scheduler --once: {}\n{logs}", out(&o));
         eprintln!("duffy scheduler --once took {:?}", t.elapsed());
-        (stdout(&o), logs)
+        let so = stdout(&o);
+        if !so.contains("done: 1,") {
+            eprintln!(
+                "chassis calls: {:?}\nhost events: {:?}",
+                w.sim.calls(),
+                host.events()
+            );
+        }
+        (so, logs)
     };
 
     // provision = reinstall; the node is ready in the pool with its provision data
