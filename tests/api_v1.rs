@@ -2214,3 +2214,48 @@ fn session_create_contextualization_201_and_503() {
     let r = api.post("/sessions", a, specs(&[("ctx", 2), ("p1", 1)]));
     assert_eq!(r.status, 201, "{}", r.text());
 }
+
+// ---------------------------------------------------------------------------------------------
+// Hardening (issue 12: outside security review)
+
+/// A `Location` a browser resolves to this server: a path, not `//host…` or `/\host…` (the
+/// WHATWG URL parser reads `\` as `/`).
+fn stays_on_this_server(location: &str) -> bool {
+    location.starts_with('/') && !matches!(location.as_bytes().get(1), Some(b'/' | b'\\'))
+}
+
+#[test]
+fn trailing_slash_redirect_never_names_another_host() {
+    let env = Env::new("", |_| {});
+    let p = env.srv.port;
+    // a path that a browser would read as another host: 404, like any unknown path
+    for path in [
+        "//evil.example/",
+        "//evil.example//",
+        "///evil.example/",
+        "//evil.example/x/?a=1",
+        "/\\evil.example/",
+        "/\\/evil.example/",
+        "//api/v1/pools/",
+    ] {
+        let r = send(p, "GET", path, &[], b"");
+        assert_eq!(
+            (r.status, r.header("location"), r.text().as_str()),
+            (404, None, r#"{"detail":"Not Found"}"#),
+            "GET {path}"
+        );
+    }
+    // percent-encoded slashes stay encoded: a path of this server
+    for path in ["/%2F%2Fevil.example/", "/%5Cevil.example/"] {
+        let r = send(p, "GET", path, &[], b"");
+        if let Some(l) = r.header("location") {
+            assert!(stays_on_this_server(l), "GET {path}: Location {l}");
+        }
+    }
+    // the redirect of a real path is unchanged
+    let r = send(p, "GET", "/api/v1/pools/", &[], b"");
+    assert_eq!(
+        (r.status, r.header("location")),
+        (307, Some("/api/v1/pools"))
+    );
+}

@@ -35,6 +35,30 @@ pub fn method_not_allowed(allow: &'static str) -> Resp {
     r
 }
 
+/// Starlette's `redirect_slashes` answer: 307 to `path` (and `?query`), an absolute URL on
+/// `host` when given (the legacy API, like Starlette), else a path. `None` when `path` is not
+/// a path of this server as a browser reads a `Location`: `//evil.example` and `/\evil.example`
+/// (the WHATWG URL parser reads `\` as `/`) name another host — an open redirect; the caller
+/// answers such a path like any unknown one (404).
+pub fn slash_redirect(path: &str, query: Option<&str>, host: Option<&str>) -> Option<Resp> {
+    if !path.starts_with('/') || matches!(path.as_bytes().get(1), Some(b'/' | b'\\')) {
+        return None;
+    }
+    let mut target = match host {
+        Some(host) => format!("http://{host}{path}"),
+        None => path.to_string(),
+    };
+    if let Some(q) = query.filter(|q| !q.is_empty()) {
+        target.push('?');
+        target.push_str(q);
+    }
+    let location = HeaderValue::from_str(&target).ok()?;
+    let mut r = Response::new(Full::new(Bytes::new()));
+    *r.status_mut() = StatusCode::TEMPORARY_REDIRECT;
+    r.headers_mut().insert(hyper::header::LOCATION, location);
+    Some(r)
+}
+
 /// One FastAPI-style validation error item.
 pub fn validation_item(kind: &str, loc: Value, msg: &str, input: Value) -> Value {
     json!({"type": kind, "loc": loc, "msg": msg, "input": input})
