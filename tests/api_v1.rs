@@ -2259,3 +2259,117 @@ fn trailing_slash_redirect_never_names_another_host() {
         (307, Some("/api/v1/pools"))
     );
 }
+
+/// `"a\u0000b"` (and friends) in every input that reaches PostgreSQL: a 4xx in upstream's error
+/// shape, never a 500; nothing written; and an internal error that does happen is logged with
+/// its cause (SQLSTATE and message).
+#[test]
+fn nul_characters_are_rejected_and_internal_errors_log_their_cause() {
+    let env = Env::with_pools();
+    let alice = env.tenant("alice", &[]);
+    let api = env.api();
+    let a = Some(("alice", alice.as_str()));
+    let alice_id = env.tenant_id("alice");
+    let nul = "a\u{0}b";
+    let nul_item = |r: &Resp, loc: Value| {
+        let items = r.validation();
+        assert_eq!(items.len(), 1, "{items:?}");
+        assert_eq!(items[0]["loc"], loc, "{}", r.text());
+        assert_eq!(items[0]["type"], "value_error", "{}", r.text());
+        assert_eq!(
+            items[0]["msg"],
+            "Value error, must not contain the NUL character (\\u0000)",
+            "{}",
+            r.text()
+        );
+    };
+
+    // request bodies: the string's place is named
+    let r = api.post(
+        "/sessions",
+        a,
+        json!({"nodes_specs": [{"pool": nul, "quantity": 1}]}),
+    );
+    nul_item(&r, json!(["body", "nodes_specs", 0, "pool"]));
+    let r = api.post(
+        "/tenants",
+        env.admin(),
+        json!({"name": nul, "ssh_key": SSH_KEY}),
+    );
+    nul_item(&r, json!(["body", "name"]));
+    let r = api.put(
+        &format!("/tenants/{alice_id}"),
+        env.admin(),
+        json!({"ssh_key": format!("{SSH_KEY}\u{0}")}),
+    );
+    nul_item(&r, json!(["body", "ssh_key"]));
+    let r = api.post(
+        "/nodes",
+        env.admin(),
+        json!({"hostname": nul, "ipaddr": "192.0.2.1"}),
+    );
+    nul_item(&r, json!(["body", "hostname"]));
+    let r = api.post(
+        "/nodes",
+        env.admin(),
+        json!({"hostname": "n", "ipaddr": "192.0.2.1", "data": {nul: 1}}),
+    );
+    nul_item(&r, json!(["body", "data", nul]));
+    let r = api.put("/sessions/1", a, json!({"expires_at": "+1h\u{0}"}));
+    assert_eq!(r.status, 422, "{}", r.text());
+
+    // HTTP Basic user name or key: malformed credentials
+    for (user, key) in [(nul, alice.as_str()), ("alice", "k\u{0}")] {
+        let r = api.with_authz("GET", "/tenants", &basic(user, key), None);
+        assert_eq!(
+            (r.status, r.detail().as_str()),
+            (401, "Invalid authentication credentials"),
+            "{user:?}"
+        );
+    }
+
+    // path parameters
+    for (path, status) in [
+        ("/pools/a%00b", 404),
+        ("/sessions/1%00", 422),
+        ("/nodes/%00", 422),
+        ("/tenants/1%00", 422),
+    ] {
+        assert_eq!(api.get(path, env.admin()).status, status, "{path}");
+    }
+
+    // nothing written, no internal error
+    assert_eq!(env.count("SELECT count(*) FROM sessions"), 0);
+    assert_eq!(env.count("SELECT count(*) FROM tenants"), 2);
+    assert_eq!(env.count("SELECT count(*) FROM nodes"), 5);
+    assert_eq!(
+        env.scalar(&format!(
+            "SELECT ssh_key FROM tenants WHERE id = {alice_id}"
+        )),
+        SSH_KEY
+    );
+    let log = env.srv.log();
+    assert!(!log.contains("internal error"), "{log}");
+
+    // a real database failure: 500 to the client, the cause in the log (not "db error" alone)
+    env.db.exec(
+        "CREATE FUNCTION boom() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
+         RAISE EXCEPTION 'duffy test trigger refuses' USING ERRCODE = 'P0001', \
+         DETAIL = 'row detail not for logs'; END $$; \
+         CREATE TRIGGER boom BEFORE INSERT ON sessions FOR EACH ROW EXECUTE FUNCTION boom();",
+    );
+    let r = api.post("/sessions", a, specs(&[("p1", 1)]));
+    assert_eq!(
+        (r.status, r.text().as_str()),
+        (500, "Internal Server Error")
+    );
+    let log = env.srv.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("internal error"))
+        .unwrap_or_else(|| panic!("no internal error logged:\n{log}"));
+    assert!(line.contains("duffy test trigger refuses"), "{line}");
+    assert!(line.contains("P0001"), "{line}");
+    assert!(!line.contains("row detail not for logs"), "{line}");
+    assert_eq!(env.count("SELECT count(*) FROM sessions"), 0);
+}

@@ -125,11 +125,64 @@ impl ApiError {
 
 impl From<crate::db::DbError> for ApiError {
     fn from(e: crate::db::DbError) -> Self {
-        ApiError::Internal(e.to_string())
+        // the cause for the log: SQLSTATE and message, or the client-side error's sources
+        ApiError::Internal(crate::db::error_chain(&e))
     }
 }
 
-/// Read the body as JSON. Malformed JSON → 422 `json_invalid` like FastAPI.
+/// PostgreSQL stores the NUL character in neither `text` nor `jsonb`: no string of a request
+/// may hold one. Checked where requests are parsed: JSON bodies ([`reject_nul`]), HTTP Basic
+/// credentials, the body the legacy API hands to the v1 logic.
+pub fn holds_nul(s: &str) -> bool {
+    s.contains('\0')
+}
+
+/// 422 naming every place in the JSON body `v` (object keys included) where a string holds
+/// the NUL character ([`holds_nul`]): `loc` `["body", "nodes_specs", 0, "pool"]`, type
+/// `value_error` as a Pydantic validator would report it.
+pub fn reject_nul(v: &Value) -> Result<(), ApiError> {
+    fn found(loc: &[Value], s: &str, items: &mut Vec<Value>) {
+        items.push(validation_item(
+            "value_error",
+            Value::Array(loc.to_vec()),
+            "Value error, must not contain the NUL character (\\u0000)",
+            json!(s),
+        ))
+    }
+    fn walk(v: &Value, loc: &mut Vec<Value>, items: &mut Vec<Value>) {
+        match v {
+            Value::String(s) if holds_nul(s) => found(loc, s, items),
+            Value::Array(a) => {
+                for (i, x) in a.iter().enumerate() {
+                    loc.push(json!(i));
+                    walk(x, loc, items);
+                    loc.pop();
+                }
+            }
+            Value::Object(o) => {
+                for (k, x) in o {
+                    loc.push(json!(k));
+                    if holds_nul(k) {
+                        found(loc, k, items);
+                    }
+                    walk(x, loc, items);
+                    loc.pop();
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut items = Vec::new();
+    walk(v, &mut vec![json!("body")], &mut items);
+    if items.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::Validation(items))
+    }
+}
+
+/// Read the body as JSON. Malformed JSON → 422 `json_invalid` like FastAPI; a string holding
+/// NUL → 422 ([`reject_nul`]).
 pub async fn read_json(req: Request<Incoming>) -> Result<Value, ApiError> {
     let body = Limited::new(req.into_body(), MAX_BODY)
         .collect()
@@ -150,7 +203,7 @@ pub async fn read_json(req: Request<Incoming>) -> Result<Value, ApiError> {
             Value::Null,
         )]));
     }
-    serde_json::from_slice(&body).map_err(|e| {
+    let v = serde_json::from_slice(&body).map_err(|e| {
         ApiError::Validation(vec![json!({
             "type": "json_invalid",
             "loc": ["body", e.column()],
@@ -158,7 +211,9 @@ pub async fn read_json(req: Request<Incoming>) -> Result<Value, ApiError> {
             "input": {},
             "ctx": {"error": e.to_string()},
         })])
-    })
+    })?;
+    reject_nul(&v)?;
+    Ok(v)
 }
 
 /// Parse an integer path parameter (leniently, like Pydantic); not an integer → 422

@@ -461,6 +461,8 @@ async fn node_get(st: &AppState, lg: &Legacy, q: &HashMap<String, String>) -> Re
                 json!(count),
             )]));
         }
+        // the body upstream's metaclient sends, checked as the v1 API checks it
+        super::http::reject_nul(&json!({"nodes_specs": [{"quantity": count, "pool": pool}]}))?;
         // no pool holds more than i32::MAX nodes (ids are int4): a larger count fails alike,
         // and stays clear of i64 overflow in quota arithmetic
         let specs = [NodesSpec {

@@ -26,8 +26,10 @@ pub use tokio_postgres::GenericClient;
 /// Database failures, with enough context for a one-line message (never a password).
 #[derive(Debug, Error)]
 pub enum DbError {
-    #[error("{0}")]
-    Pg(#[from] tokio_postgres::Error),
+    /// A failed statement or connection; its text is [`describe_pg`]'s (tokio-postgres' own is
+    /// only "db error").
+    #[error("{}", describe_pg(.0))]
+    Pg(tokio_postgres::Error),
     #[error("cannot connect to PostgreSQL ({target}): {msg}")]
     Connect { target: String, msg: String },
     #[error("invalid database URL: {0}")]
@@ -36,6 +38,36 @@ pub enum DbError {
     Migration(String),
     #[error(transparent)]
     State(#[from] crate::state::StateError),
+}
+
+impl From<tokio_postgres::Error> for DbError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        DbError::Pg(e)
+    }
+}
+
+/// One line for a PostgreSQL failure: the server's severity, SQLSTATE and message, with the
+/// table, column and constraint it names (`ERROR 23505: duplicate key value violates unique
+/// constraint "…" (table tenants, constraint …)`), or the client-side error and its causes
+/// (`error communicating with the server: Connection reset by peer`). Never the server's
+/// DETAIL: it can quote row values (`Failing row contains (…)`, a tenant's key hash).
+fn describe_pg(e: &tokio_postgres::Error) -> String {
+    let Some(d) = e.as_db_error() else {
+        return error_chain(e);
+    };
+    let mut s = format!("{} {}: {}", d.severity(), d.code().code(), d.message());
+    let names: Vec<String> = [
+        ("table", d.table()),
+        ("column", d.column()),
+        ("constraint", d.constraint()),
+    ]
+    .into_iter()
+    .filter_map(|(what, name)| name.map(|n| format!("{what} {n}")))
+    .collect();
+    if !names.is_empty() {
+        s.push_str(&format!(" ({})", names.join(", ")));
+    }
+    s.replace('\n', " ")
 }
 
 impl DbError {
