@@ -2373,3 +2373,117 @@ fn nul_characters_are_rejected_and_internal_errors_log_their_cause() {
     assert!(!line.contains("row detail not for logs"), "{line}");
     assert_eq!(env.count("SELECT count(*) FROM sessions"), 0);
 }
+
+/// Only JSON bodies are parsed (FastAPI): any other `Content-Type` — the ones a browser sends
+/// cross-site without a preflight, none at all, look-alikes — is FastAPI's 422 for a body that
+/// is not an object, and nothing is written.
+#[test]
+fn request_bodies_must_be_declared_json() {
+    let env = Env::with_pools();
+    let alice = env.tenant("alice", &[]);
+    let api = env.api();
+    let alice_id = env.tenant_id("alice");
+    let p = env.srv.port;
+    let session = serde_json::to_string(&specs(&[("p1", 1)])).unwrap();
+    let tenant = serde_json::to_string(&json!({"name": "mallory", "ssh_key": SSH_KEY})).unwrap();
+    let node = r#"{"hostname": "n9", "ipaddr": "192.0.2.9"}"#.to_string();
+    let retire = r#"{"active": false}"#.to_string();
+    let quota = r#"{"node_quota": 1}"#.to_string();
+    let admin = basic("admin", &env.admin_key);
+    let endpoints: [(&str, String, &String); 5] = [
+        ("POST", "/api/v1/sessions".into(), &session),
+        ("POST", "/api/v1/tenants".into(), &tenant),
+        ("POST", "/api/v1/nodes".into(), &node),
+        ("PUT", format!("/api/v1/tenants/{alice_id}"), &quota),
+        ("PUT", "/api/v1/sessions/1".into(), &retire),
+    ];
+    for ct in [
+        Some("text/plain"),
+        Some("text/plain;charset=UTF-8"),
+        Some("application/x-www-form-urlencoded"),
+        Some("multipart/form-data; boundary=x"),
+        Some("text/json"),
+        Some("application/jsonx"),
+        Some("application/x-json"),
+        Some("json"),
+        None,
+    ] {
+        for (m, path, body) in &endpoints {
+            let mut h = vec![("Authorization", admin.clone())];
+            if let Some(ct) = ct {
+                h.push(("Content-Type", ct.to_string()));
+            }
+            let r = send(p, m, path, &h, body.as_bytes());
+            assert_eq!(
+                r.json(),
+                json!({"detail": [{
+                    "type": "model_attributes_type",
+                    "loc": ["body"],
+                    "msg": "Input should be a valid dictionary or object to extract fields from",
+                    "input": body,
+                }]}),
+                "{m} {path} Content-Type {ct:?}"
+            );
+            assert_eq!(r.status, 422);
+        }
+    }
+    // authentication is still checked first; an empty body is still "missing"
+    let r = send(
+        p,
+        "POST",
+        "/api/v1/sessions",
+        &[("Content-Type", "text/plain".into())],
+        session.as_bytes(),
+    );
+    assert_eq!((r.status, r.detail().as_str()), (401, "Not authenticated"));
+    let r = send(
+        p,
+        "POST",
+        "/api/v1/sessions",
+        &[
+            ("Authorization", admin.clone()),
+            ("Content-Type", "text/plain".into()),
+        ],
+        b"",
+    );
+    assert_eq!(r.validation()[0]["type"], "missing");
+    // nothing was written
+    assert_eq!(env.count("SELECT count(*) FROM sessions"), 0);
+    assert_eq!(env.count("SELECT count(*) FROM tenants"), 2);
+    assert_eq!(env.count("SELECT count(*) FROM nodes"), 5);
+    assert_eq!(
+        env.scalar(&format!(
+            "SELECT coalesce(node_quota::text, 'NULL') FROM tenants WHERE id = {alice_id}"
+        )),
+        "NULL"
+    );
+
+    // JSON as upstream reads it: any case, parameters, `application/*+json`
+    for ct in [
+        "application/json",
+        "application/json; charset=utf-8",
+        "Application/JSON",
+        "application/json;",
+        "application/merge-patch+json",
+        "application/vnd.duffy+json; charset=utf-8",
+    ] {
+        let r = send(
+            p,
+            "POST",
+            "/api/v1/sessions",
+            &[
+                ("Authorization", basic("alice", &alice)),
+                ("Content-Type", ct.into()),
+            ],
+            br#"{"nodes_specs": []}"#,
+        );
+        assert_eq!(r.status, 201, "{ct}: {}", r.text());
+    }
+    assert_eq!(
+        api.get("/sessions", None).json()["sessions"]
+            .as_array()
+            .unwrap()
+            .len(),
+        6
+    );
+}
