@@ -2369,7 +2369,7 @@ fn nul_characters_are_rejected_and_internal_errors_log_their_cause() {
         .find(|l| l.contains("internal error"))
         .unwrap_or_else(|| panic!("no internal error logged:\n{log}"));
     assert!(line.contains("duffy test trigger refuses"), "{line}");
-    assert!(line.contains("P0001"), "{line}");
+    assert!(line.contains("(SQLSTATE P0001)"), "{line}");
     assert!(!line.contains("row detail not for logs"), "{line}");
     assert_eq!(env.count("SELECT count(*) FROM sessions"), 0);
 }

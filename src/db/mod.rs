@@ -46,28 +46,31 @@ impl From<tokio_postgres::Error> for DbError {
     }
 }
 
-/// One line for a PostgreSQL failure: the server's severity, SQLSTATE and message, with the
-/// table, column and constraint it names (`ERROR 23505: duplicate key value violates unique
-/// constraint "…" (table tenants, constraint …)`), or the client-side error and its causes
-/// (`error communicating with the server: Connection reset by peer`). Never the server's
-/// DETAIL: it can quote row values (`Failing row contains (…)`, a tenant's key hash).
+/// One line for a PostgreSQL failure: the server's message with its SQLSTATE, the severity
+/// unless it is `ERROR`, and the table, column and constraint it names (`duplicate key value
+/// violates unique constraint "…" (SQLSTATE 23505, table tenants, constraint …)`), or the
+/// client-side error and its causes (`error communicating with the server: Connection reset
+/// by peer`). Never the server's DETAIL: it can quote row values (`Failing row contains (…)`,
+/// a tenant's key hash).
 fn describe_pg(e: &tokio_postgres::Error) -> String {
     let Some(d) = e.as_db_error() else {
         return error_chain(e);
     };
-    let mut s = format!("{} {}: {}", d.severity(), d.code().code(), d.message());
-    let names: Vec<String> = [
+    let mut about = Vec::new();
+    if d.severity() != "ERROR" {
+        about.push(d.severity().to_string());
+    }
+    about.push(format!("SQLSTATE {}", d.code().code()));
+    for (what, name) in [
         ("table", d.table()),
         ("column", d.column()),
         ("constraint", d.constraint()),
-    ]
-    .into_iter()
-    .filter_map(|(what, name)| name.map(|n| format!("{what} {n}")))
-    .collect();
-    if !names.is_empty() {
-        s.push_str(&format!(" ({})", names.join(", ")));
+    ] {
+        if let Some(name) = name {
+            about.push(format!("{what} {name}"));
+        }
     }
-    s.replace('\n', " ")
+    format!("{} ({})", d.message(), about.join(", ")).replace('\n', " ")
 }
 
 impl DbError {
