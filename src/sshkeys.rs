@@ -10,10 +10,22 @@ pub enum SshKeyError {
     Empty,
     #[error("ssh_key: line {line}: not a valid OpenSSH public key ({reason})")]
     Invalid { line: usize, reason: String },
+    /// never says more: the text is secret
+    #[error("ssh_key: this is a private key (not shown); give the public key (the .pub file)")]
+    PrivateKey,
+}
+
+/// Does `text` hold private key material (OpenSSH, PEM, SSH2 or PuTTY format)? Such text is
+/// refused and never shown, wherever it is given: [`validate`], and the CLI's argument errors.
+pub fn looks_private(text: &str) -> bool {
+    text.contains("PRIVATE KEY") || text.contains("PuTTY-User-Key-File-")
 }
 
 /// Check `text` and return it normalised (surrounding blank space trimmed, one key per line).
 pub fn validate(text: &str) -> Result<String, SshKeyError> {
+    if looks_private(text) {
+        return Err(SshKeyError::PrivateKey);
+    }
     let mut keys = 0;
     let mut lines = Vec::new();
     for (i, raw) in text.trim().lines().enumerate() {
@@ -66,5 +78,23 @@ mod tests {
         assert!(matches!(e, SshKeyError::Invalid { line: 2, .. }), "{e}");
         assert!(validate("ssh-ed25519").is_err());
         assert!(validate("hello world").is_err());
+    }
+
+    #[test]
+    fn private_keys_are_refused_without_a_word_of_them() {
+        for text in [
+            "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAA\n-----END OPENSSH PRIVATE KEY-----",
+            "-----BEGIN RSA PRIVATE KEY-----\nMIIEpAIBAAKCAQEA\n-----END RSA PRIVATE KEY-----\n",
+            "-----BEGIN ENCRYPTED PRIVATE KEY-----\nMIIFHDBOBgkqhkiG\n",
+            "---- BEGIN SSH2 ENCRYPTED PRIVATE KEY ----\nP2/56wAAA\n",
+            "PuTTY-User-Key-File-3: ssh-ed25519\nEncryption: none\n",
+        ] {
+            let e = validate(&format!("{ED}\n{text}")).unwrap_err();
+            assert_eq!(e, SshKeyError::PrivateKey);
+            let msg = e.to_string();
+            for line in text.lines().filter(|l| l.len() > 8) {
+                assert!(!msg.contains(line), "{msg}");
+            }
+        }
     }
 }

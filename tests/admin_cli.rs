@@ -316,3 +316,108 @@ fn remove_pool_deletes_history_in_one_transaction() {
         tdb.query_strings("SELECT detail->>'pool' FROM duffy_audit_log WHERE entity = 'pool'");
     assert_eq!(audit[0].as_deref(), Some("old"));
 }
+
+/// Issue 12: a private key pasted by mistake where an SSH public key belongs is refused with a
+/// message naming the argument, and no line of the key ever appears in the output (clap used to
+/// print the whole key twice in its "unexpected argument" error).
+#[test]
+fn private_key_given_as_ssh_key_is_never_echoed() {
+    let tdb = TestDb::migrated();
+    let cfg = TestConfig::new(&tdb.url, "");
+    create_tenant(&cfg.path, "demo", &[]);
+    let dir = tempfile::tempdir().unwrap();
+    for kind in ["ed25519", "rsa"] {
+        let file = dir.path().join(format!("id_{kind}"));
+        let o = std::process::Command::new("ssh-keygen")
+            .args(["-q", "-t", kind, "-N", "", "-C", "pasted@by-mistake", "-f"])
+            .arg(&file)
+            .output()
+            .expect("run ssh-keygen");
+        assert!(o.status.success(), "ssh-keygen: {}", stderr(&o));
+        let private = std::fs::read_to_string(&file).unwrap();
+        let body: Vec<&str> = private
+            .lines()
+            .filter(|l| !l.starts_with("-----") && l.len() >= 16)
+            .collect();
+        assert!(body.len() > 2, "{kind}: {private}");
+        let key = private.as_str();
+        let with_stdin = |args: &[&str], input: Option<&str>| {
+            let mut cmd = duffy_cmd(Some(&cfg.path), args);
+            cmd.stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped());
+            let mut child = cmd.spawn().expect("run duffy");
+            {
+                use std::io::Write;
+                let mut stdin = child.stdin.take().unwrap();
+                stdin.write_all(input.unwrap_or("").as_bytes()).unwrap();
+            }
+            child.wait_with_output().unwrap()
+        };
+        let inline = format!("--ssh-key={key}");
+        let cases: Vec<(Vec<&str>, Option<&str>)> = vec![
+            (vec!["admin", "create-tenant", "t1", key], None),
+            (vec!["admin", "create-tenant", "t1", key.trim()], None),
+            (vec!["admin", "create-tenant", "t1", "--", key], None),
+            (
+                vec!["admin", "create-tenant", "--is-admin", "t1", key],
+                None,
+            ),
+            (vec!["admin", "create-tenant", "t1", "-"], Some(key)),
+            (vec!["admin", "create-tenant", key], None),
+            (vec!["admin", "create-tenant", key, "t1"], None),
+            (
+                vec!["admin", "update-tenant", "--ssh-key", key, "demo"],
+                None,
+            ),
+            (vec!["admin", "update-tenant", &inline, "demo"], None),
+            (
+                vec!["admin", "update-tenant", "--ssh-key", "-", "demo"],
+                Some(key),
+            ),
+        ];
+        for (args, input) in cases {
+            let shown: Vec<String> = args
+                .iter()
+                .map(|a| {
+                    if a.contains("PRIVATE") {
+                        "<private key>".into()
+                    } else {
+                        a.to_string()
+                    }
+                })
+                .collect();
+            let o = with_stdin(&args, input);
+            let (out, err) = (stdout(&o), stderr(&o));
+            assert!(
+                !o.status.success(),
+                "{kind} {shown:?}: accepted\n{out}{err}"
+            );
+            for line in &body {
+                if out.contains(line) || err.contains(line) {
+                    let redacted = body.iter().fold(format!("{out}{err}"), |t, l| {
+                        t.replace(l, "<line of the private key>")
+                    });
+                    panic!("{kind} {shown:?}: the private key was printed:\n{redacted}");
+                }
+            }
+            assert!(
+                err.to_lowercase().contains("ssh key")
+                    || err.contains("ssh_key")
+                    || err.contains("SSH_KEY"),
+                "{kind} {shown:?}: the argument is not named: {err}"
+            );
+            assert!(
+                err.contains("private key"),
+                "{kind} {shown:?}: does not say what is wrong: {err}"
+            );
+            assert!(err.trim().lines().count() <= 2, "{kind} {shown:?}: {err}");
+        }
+    }
+    // nothing was written: demo keeps its key, no t1
+    assert_eq!(
+        tdb.query_strings("SELECT string_agg(name || '=' || ssh_key, ',') FROM tenants")[0]
+            .as_deref(),
+        Some(format!("demo={SSH_KEY}").as_str())
+    );
+}

@@ -2383,3 +2383,276 @@ fn anonymous_reads_can_be_refused() {
         assert_eq!(open.api().get(path, None).status, 200, "GET {path}");
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Hardening (issue 12: outside security review)
+
+/// A `Location` a browser resolves to this server: a path, not `//host…` or `/\host…` (the
+/// WHATWG URL parser reads `\` as `/`).
+fn stays_on_this_server(location: &str) -> bool {
+    location.starts_with('/') && !matches!(location.as_bytes().get(1), Some(b'/' | b'\\'))
+}
+
+#[test]
+fn trailing_slash_redirect_never_names_another_host() {
+    let env = Env::new("", |_| {});
+    let p = env.srv.port;
+    // a path that a browser would read as another host: 404, like any unknown path
+    for path in [
+        "//evil.example/",
+        "//evil.example//",
+        "///evil.example/",
+        "//evil.example/x/?a=1",
+        "/\\evil.example/",
+        "/\\/evil.example/",
+        "//api/v1/pools/",
+    ] {
+        let r = send(p, "GET", path, &[], b"");
+        assert_eq!(
+            (r.status, r.header("location"), r.text().as_str()),
+            (404, None, r#"{"detail":"Not Found"}"#),
+            "GET {path}"
+        );
+    }
+    // percent-encoded slashes stay encoded: a path of this server
+    for path in ["/%2F%2Fevil.example/", "/%5Cevil.example/"] {
+        let r = send(p, "GET", path, &[], b"");
+        if let Some(l) = r.header("location") {
+            assert!(stays_on_this_server(l), "GET {path}: Location {l}");
+        }
+    }
+    // the redirect of a real path is unchanged
+    let r = send(p, "GET", "/api/v1/pools/", &[], b"");
+    assert_eq!(
+        (r.status, r.header("location")),
+        (307, Some("/api/v1/pools"))
+    );
+}
+
+/// `"a\u0000b"` (and friends) in every input that reaches PostgreSQL: a 4xx in upstream's error
+/// shape, never a 500; nothing written; and an internal error that does happen is logged with
+/// its cause (SQLSTATE and message).
+#[test]
+fn nul_characters_are_rejected_and_internal_errors_log_their_cause() {
+    let env = Env::with_pools();
+    let alice = env.tenant("alice", &[]);
+    let api = env.api();
+    let a = Some(("alice", alice.as_str()));
+    let alice_id = env.tenant_id("alice");
+    let nul = "a\u{0}b";
+    let nul_item = |r: &Resp, loc: Value| {
+        let items = r.validation();
+        assert_eq!(items.len(), 1, "{items:?}");
+        assert_eq!(items[0]["loc"], loc, "{}", r.text());
+        assert_eq!(items[0]["type"], "value_error", "{}", r.text());
+        assert_eq!(
+            items[0]["msg"],
+            "Value error, must not contain the NUL character (\\u0000)",
+            "{}",
+            r.text()
+        );
+    };
+
+    // request bodies: the string's place is named
+    let r = api.post(
+        "/sessions",
+        a,
+        json!({"nodes_specs": [{"pool": nul, "quantity": 1}]}),
+    );
+    nul_item(&r, json!(["body", "nodes_specs", 0, "pool"]));
+    let r = api.post(
+        "/tenants",
+        env.admin(),
+        json!({"name": nul, "ssh_key": SSH_KEY}),
+    );
+    nul_item(&r, json!(["body", "name"]));
+    let r = api.put(
+        &format!("/tenants/{alice_id}"),
+        env.admin(),
+        json!({"ssh_key": format!("{SSH_KEY}\u{0}")}),
+    );
+    nul_item(&r, json!(["body", "ssh_key"]));
+    let r = api.post(
+        "/nodes",
+        env.admin(),
+        json!({"hostname": nul, "ipaddr": "192.0.2.1"}),
+    );
+    nul_item(&r, json!(["body", "hostname"]));
+    let r = api.post(
+        "/nodes",
+        env.admin(),
+        json!({"hostname": "n", "ipaddr": "192.0.2.1", "data": {nul: 1}}),
+    );
+    nul_item(&r, json!(["body", "data", nul]));
+    let r = api.put("/sessions/1", a, json!({"expires_at": "+1h\u{0}"}));
+    assert_eq!(r.status, 422, "{}", r.text());
+
+    // HTTP Basic user name or key: malformed credentials
+    for (user, key) in [(nul, alice.as_str()), ("alice", "k\u{0}")] {
+        let r = api.with_authz("GET", "/tenants", &basic(user, key), None);
+        assert_eq!(
+            (r.status, r.detail().as_str()),
+            (401, "Invalid authentication credentials"),
+            "{user:?}"
+        );
+    }
+
+    // path parameters
+    for (path, status) in [
+        ("/pools/a%00b", 404),
+        ("/sessions/1%00", 422),
+        ("/nodes/%00", 422),
+        ("/tenants/1%00", 422),
+    ] {
+        assert_eq!(api.get(path, env.admin()).status, status, "{path}");
+    }
+
+    // nothing written, no internal error
+    assert_eq!(env.count("SELECT count(*) FROM sessions"), 0);
+    assert_eq!(env.count("SELECT count(*) FROM tenants"), 2);
+    assert_eq!(env.count("SELECT count(*) FROM nodes"), 5);
+    assert_eq!(
+        env.scalar(&format!(
+            "SELECT ssh_key FROM tenants WHERE id = {alice_id}"
+        )),
+        SSH_KEY
+    );
+    let log = env.srv.log();
+    assert!(!log.contains("internal error"), "{log}");
+
+    // a real database failure: 500 to the client, the cause in the log (not "db error" alone)
+    env.db.exec(
+        "CREATE FUNCTION boom() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
+         RAISE EXCEPTION 'duffy test trigger refuses' USING ERRCODE = 'P0001', \
+         DETAIL = 'row detail not for logs'; END $$; \
+         CREATE TRIGGER boom BEFORE INSERT ON sessions FOR EACH ROW EXECUTE FUNCTION boom();",
+    );
+    let r = api.post("/sessions", a, specs(&[("p1", 1)]));
+    assert_eq!(
+        (r.status, r.text().as_str()),
+        (500, "Internal Server Error")
+    );
+    let log = env.srv.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("internal error"))
+        .unwrap_or_else(|| panic!("no internal error logged:\n{log}"));
+    assert!(line.contains("duffy test trigger refuses"), "{line}");
+    assert!(line.contains("(SQLSTATE P0001)"), "{line}");
+    assert!(!line.contains("row detail not for logs"), "{line}");
+    assert_eq!(env.count("SELECT count(*) FROM sessions"), 0);
+}
+
+/// Only JSON bodies are parsed (FastAPI): any other `Content-Type` — the ones a browser sends
+/// cross-site without a preflight, none at all, look-alikes — is FastAPI's 422 for a body that
+/// is not an object, and nothing is written.
+#[test]
+fn request_bodies_must_be_declared_json() {
+    let env = Env::with_pools();
+    let alice = env.tenant("alice", &[]);
+    let api = env.api();
+    let alice_id = env.tenant_id("alice");
+    let p = env.srv.port;
+    let session = serde_json::to_string(&specs(&[("p1", 1)])).unwrap();
+    let tenant = serde_json::to_string(&json!({"name": "mallory", "ssh_key": SSH_KEY})).unwrap();
+    let node = r#"{"hostname": "n9", "ipaddr": "192.0.2.9"}"#.to_string();
+    let retire = r#"{"active": false}"#.to_string();
+    let quota = r#"{"node_quota": 1}"#.to_string();
+    let admin = basic("admin", &env.admin_key);
+    let endpoints: [(&str, String, &String); 5] = [
+        ("POST", "/api/v1/sessions".into(), &session),
+        ("POST", "/api/v1/tenants".into(), &tenant),
+        ("POST", "/api/v1/nodes".into(), &node),
+        ("PUT", format!("/api/v1/tenants/{alice_id}"), &quota),
+        ("PUT", "/api/v1/sessions/1".into(), &retire),
+    ];
+    for ct in [
+        Some("text/plain"),
+        Some("text/plain;charset=UTF-8"),
+        Some("application/x-www-form-urlencoded"),
+        Some("multipart/form-data; boundary=x"),
+        Some("text/json"),
+        Some("application/jsonx"),
+        Some("application/x-json"),
+        Some("json"),
+        None,
+    ] {
+        for (m, path, body) in &endpoints {
+            let mut h = vec![("Authorization", admin.clone())];
+            if let Some(ct) = ct {
+                h.push(("Content-Type", ct.to_string()));
+            }
+            let r = send(p, m, path, &h, body.as_bytes());
+            assert_eq!(
+                r.json(),
+                json!({"detail": [{
+                    "type": "model_attributes_type",
+                    "loc": ["body"],
+                    "msg": "Input should be a valid dictionary or object to extract fields from",
+                    "input": body,
+                }]}),
+                "{m} {path} Content-Type {ct:?}"
+            );
+            assert_eq!(r.status, 422);
+        }
+    }
+    // authentication is still checked first; an empty body is still "missing"
+    let r = send(
+        p,
+        "POST",
+        "/api/v1/sessions",
+        &[("Content-Type", "text/plain".into())],
+        session.as_bytes(),
+    );
+    assert_eq!((r.status, r.detail().as_str()), (401, "Not authenticated"));
+    let r = send(
+        p,
+        "POST",
+        "/api/v1/sessions",
+        &[
+            ("Authorization", admin.clone()),
+            ("Content-Type", "text/plain".into()),
+        ],
+        b"",
+    );
+    assert_eq!(r.validation()[0]["type"], "missing");
+    // nothing was written
+    assert_eq!(env.count("SELECT count(*) FROM sessions"), 0);
+    assert_eq!(env.count("SELECT count(*) FROM tenants"), 2);
+    assert_eq!(env.count("SELECT count(*) FROM nodes"), 5);
+    assert_eq!(
+        env.scalar(&format!(
+            "SELECT coalesce(node_quota::text, 'NULL') FROM tenants WHERE id = {alice_id}"
+        )),
+        "NULL"
+    );
+
+    // JSON as upstream reads it: any case, parameters, `application/*+json`
+    for ct in [
+        "application/json",
+        "application/json; charset=utf-8",
+        "Application/JSON",
+        "application/json;",
+        "application/merge-patch+json",
+        "application/vnd.duffy+json; charset=utf-8",
+    ] {
+        let r = send(
+            p,
+            "POST",
+            "/api/v1/sessions",
+            &[
+                ("Authorization", basic("alice", &alice)),
+                ("Content-Type", ct.into()),
+            ],
+            br#"{"nodes_specs": []}"#,
+        );
+        assert_eq!(r.status, 201, "{ct}: {}", r.text());
+    }
+    assert_eq!(
+        api.get("/sessions", None).json()["sessions"]
+            .as_array()
+            .unwrap()
+            .len(),
+        6
+    );
+}

@@ -1007,3 +1007,53 @@ fn anonymous_inventory_follows_app_anonymous_reads() {
     // the v1 listener of the same server refuses anonymous reads
     expect(srv.port, "/api/v1/sessions", 401, NOT_AUTHENTICATED);
 }
+
+/// Issue 12: a NUL character in a query parameter never reaches PostgreSQL (the v1 outcome is a
+/// 422, so upstream's legacy body for a failure; no internal error), and the trailing-slash
+/// redirect never names another host.
+#[test]
+fn nul_parameters_and_redirects_stay_harmless() {
+    let e = setup();
+    let lp = e.lp;
+    for q in [
+        format!("key={}&ver=8%00", e.k1),
+        format!("key={}&ver=8-stream&flavor=a%00b", e.k1),
+        format!("key={}&ver=8-stream&arch=x86_64%00", e.k1),
+    ] {
+        expect(lp, &format!("/Node/get?{q}"), 200, FAILED_ALLOCATE);
+    }
+    let r = get(lp, &format!("/Node/get?key={}&count=1%00", e.k1));
+    assert_eq!(r.status, 422, "{}", r.body);
+    assert_eq!(r.json()["detail"][0]["loc"], json!(["query", "count"]));
+    expect(
+        lp,
+        &format!("/Node/done?key={}&ssid=1%00", e.k1),
+        200,
+        FAILED_RETURN,
+    );
+    expect(
+        lp,
+        &format!("/Node/fail?key={}&ssid=%00", e.k1),
+        200,
+        FAILED_EXTEND,
+    );
+    expect(lp, "/Node/get?key=a%00b", 403, FORBIDDEN);
+    expect(lp, &format!("/Inventory?key={}%00", e.k1), 403, FORBIDDEN);
+    assert_eq!(e.count("SELECT count(*) FROM sessions"), 0);
+    let log = e.server.log();
+    assert!(!log.contains("internal error"), "{log}");
+
+    for path in [
+        "//evil.example/",
+        "/\\evil.example/",
+        "//Inventory/",
+        "//Node/get/?key=x",
+    ] {
+        let r = get(lp, path);
+        assert_eq!(
+            (r.status, r.header("location"), r.body.as_str()),
+            (404, None, r#"{"detail":"Not Found"}"#),
+            "GET {path}"
+        );
+    }
+}

@@ -15,7 +15,7 @@ use hyper::HeaderMap;
 use sha2::Sha256;
 use subtle_eq::ct_eq;
 
-use super::http::ApiError;
+use super::http::{holds_nul, ApiError};
 use crate::config::Defaults;
 use crate::db::{tenants, Db};
 use crate::tenant::Tenant;
@@ -102,6 +102,10 @@ fn parse(headers: &HeaderMap) -> Result<Creds, ApiError> {
         .map_err(|_| bad())?;
     let text = String::from_utf8(raw).map_err(|_| bad())?;
     let (user, pass) = text.split_once(':').ok_or_else(bad)?;
+    // no tenant name or key holds NUL, and PostgreSQL could not even look such a name up
+    if holds_nul(user) || holds_nul(pass) {
+        return Err(bad());
+    }
     Ok(Creds::Basic(user.to_string(), pass.to_string()))
 }
 

@@ -19,12 +19,7 @@ impl<'a> Body<'a> {
                 obj,
                 errors: vec![],
             }),
-            other => Err(ApiError::Validation(vec![validation_item(
-                "model_attributes_type",
-                json!(["body"]),
-                "Input should be a valid dictionary or object to extract fields from",
-                other.clone(),
-            )])),
+            other => Err(not_an_object(other.clone())),
         }
     }
 
@@ -107,6 +102,16 @@ impl<'a> Body<'a> {
             Err(ApiError::Validation(self.errors))
         }
     }
+}
+
+/// FastAPI's 422 for a body that is not a JSON object (or was not parsed as JSON at all).
+pub fn not_an_object(input: Value) -> ApiError {
+    ApiError::Validation(vec![validation_item(
+        "model_attributes_type",
+        json!(["body"]),
+        "Input should be a valid dictionary or object to extract fields from",
+        input,
+    )])
 }
 
 /// A validation failure: (`type`, `msg`) as Pydantic reports it.

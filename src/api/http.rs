@@ -35,6 +35,30 @@ pub fn method_not_allowed(allow: &'static str) -> Resp {
     r
 }
 
+/// Starlette's `redirect_slashes` answer: 307 to `path` (and `?query`), an absolute URL on
+/// `host` when given (the legacy API, like Starlette), else a path. `None` when `path` is not
+/// a path of this server as a browser reads a `Location`: `//evil.example` and `/\evil.example`
+/// (the WHATWG URL parser reads `\` as `/`) name another host — an open redirect; the caller
+/// answers such a path like any unknown one (404).
+pub fn slash_redirect(path: &str, query: Option<&str>, host: Option<&str>) -> Option<Resp> {
+    if !path.starts_with('/') || matches!(path.as_bytes().get(1), Some(b'/' | b'\\')) {
+        return None;
+    }
+    let mut target = match host {
+        Some(host) => format!("http://{host}{path}"),
+        None => path.to_string(),
+    };
+    if let Some(q) = query.filter(|q| !q.is_empty()) {
+        target.push('?');
+        target.push_str(q);
+    }
+    let location = HeaderValue::from_str(&target).ok()?;
+    let mut r = Response::new(Full::new(Bytes::new()));
+    *r.status_mut() = StatusCode::TEMPORARY_REDIRECT;
+    r.headers_mut().insert(hyper::header::LOCATION, location);
+    Some(r)
+}
+
 /// One FastAPI-style validation error item.
 pub fn validation_item(kind: &str, loc: Value, msg: &str, input: Value) -> Value {
     json!({"type": kind, "loc": loc, "msg": msg, "input": input})
@@ -101,12 +125,91 @@ impl ApiError {
 
 impl From<crate::db::DbError> for ApiError {
     fn from(e: crate::db::DbError) -> Self {
-        ApiError::Internal(e.to_string())
+        // the cause for the log: SQLSTATE and message, or the client-side error's sources
+        ApiError::Internal(crate::db::error_chain(&e))
     }
 }
 
-/// Read the body as JSON. Malformed JSON → 422 `json_invalid` like FastAPI.
+/// Does this `Content-Type` announce JSON, as FastAPI decides: `application/json` or
+/// `application/<anything>+json`, in any case, parameters (`; charset=utf-8`) ignored.
+fn is_json(content_type: Option<&HeaderValue>) -> bool {
+    let Some(Ok(v)) = content_type.map(HeaderValue::to_str) else {
+        return false;
+    };
+    let essence = v
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    match essence.split_once('/') {
+        Some(("application", sub)) => sub == "json" || sub.ends_with("+json"),
+        _ => false,
+    }
+}
+
+/// PostgreSQL stores the NUL character in neither `text` nor `jsonb`: no string of a request
+/// may hold one. Checked where requests are parsed: JSON bodies ([`reject_nul`]), HTTP Basic
+/// credentials, the body the legacy API hands to the v1 logic.
+pub fn holds_nul(s: &str) -> bool {
+    s.contains('\0')
+}
+
+/// 422 naming every place in the JSON body `v` (object keys included) where a string holds
+/// the NUL character ([`holds_nul`]): `loc` `["body", "nodes_specs", 0, "pool"]`, type
+/// `value_error` as a Pydantic validator would report it.
+pub fn reject_nul(v: &Value) -> Result<(), ApiError> {
+    fn found(loc: &[Value], s: &str, items: &mut Vec<Value>) {
+        items.push(validation_item(
+            "value_error",
+            Value::Array(loc.to_vec()),
+            "Value error, must not contain the NUL character (\\u0000)",
+            json!(s),
+        ))
+    }
+    fn walk(v: &Value, loc: &mut Vec<Value>, items: &mut Vec<Value>) {
+        match v {
+            Value::String(s) if holds_nul(s) => found(loc, s, items),
+            Value::Array(a) => {
+                for (i, x) in a.iter().enumerate() {
+                    loc.push(json!(i));
+                    walk(x, loc, items);
+                    loc.pop();
+                }
+            }
+            Value::Object(o) => {
+                for (k, x) in o {
+                    loc.push(json!(k));
+                    if holds_nul(k) {
+                        found(loc, k, items);
+                    }
+                    walk(x, loc, items);
+                    loc.pop();
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut items = Vec::new();
+    walk(v, &mut vec![json!("body")], &mut items);
+    if items.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::Validation(items))
+    }
+}
+
+/// Read a request body the way FastAPI reads a body model, for every endpoint that takes one:
+/// * no body → 422 `missing`;
+/// * a body whose `Content-Type` is not JSON ([`is_json`]) — `text/plain` and forms, which a
+///   browser sends cross-site without a CORS preflight, or no `Content-Type` at all — is not
+///   parsed: FastAPI's 422 for a body that is not an object, with the body's text as `input`.
+///   (Upstream 3.4.0's FastAPI 0.115 still parses a body without `Content-Type`; FastAPI 0.132
+///   stopped, for the same cross-site reason, and so does duffy.)
+/// * malformed JSON → 422 `json_invalid`;
+/// * a string holding NUL → 422 ([`reject_nul`]).
 pub async fn read_json(req: Request<Incoming>) -> Result<Value, ApiError> {
+    let json = is_json(req.headers().get(CONTENT_TYPE));
     let body = Limited::new(req.into_body(), MAX_BODY)
         .collect()
         .await
@@ -126,7 +229,12 @@ pub async fn read_json(req: Request<Incoming>) -> Result<Value, ApiError> {
             Value::Null,
         )]));
     }
-    serde_json::from_slice(&body).map_err(|e| {
+    if !json {
+        return Err(super::body::not_an_object(json!(String::from_utf8_lossy(
+            &body
+        ))));
+    }
+    let v = serde_json::from_slice(&body).map_err(|e| {
         ApiError::Validation(vec![json!({
             "type": "json_invalid",
             "loc": ["body", e.column()],
@@ -134,7 +242,9 @@ pub async fn read_json(req: Request<Incoming>) -> Result<Value, ApiError> {
             "input": {},
             "ctx": {"error": e.to_string()},
         })])
-    })
+    })?;
+    reject_nul(&v)?;
+    Ok(v)
 }
 
 /// Parse an integer path parameter (leniently, like Pydantic); not an integer → 422

@@ -25,7 +25,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, ALLOW, CONTENT_TYPE, HOST, LOCATION};
+use hyper::header::{HeaderValue, ALLOW, CONTENT_TYPE, HOST};
 use hyper::{HeaderMap, Method, Request, StatusCode};
 use minijinja::{Environment, ErrorKind};
 use regex::Regex;
@@ -462,6 +462,8 @@ async fn node_get(st: &AppState, lg: &Legacy, q: &HashMap<String, String>) -> Re
                 json!(count),
             )]));
         }
+        // the body upstream's metaclient sends, checked as the v1 API checks it
+        super::http::reject_nul(&json!({"nodes_specs": [{"quantity": count, "pool": pool}]}))?;
         // no pool holds more than i32::MAX nodes (ids are int4): a larger count fails alike,
         // and stays clear of i64 overflow in quota arithmetic
         let specs = [NodesSpec {
@@ -667,7 +669,7 @@ fn route_of(path: &str) -> Option<Route> {
 }
 
 /// Starlette's `redirect_slashes`: `/Inventory/` → 307 to `/Inventory` (absolute URL built from
-/// the `Host` header, query kept).
+/// the `Host` header, query kept) when the other form of the path is a route.
 fn slash_redirect(path: &str, query: Option<&str>, headers: &HeaderMap) -> Option<Resp> {
     if path == "/" {
         return None;
@@ -678,21 +680,8 @@ fn slash_redirect(path: &str, query: Option<&str>, headers: &HeaderMap) -> Optio
         format!("{path}/")
     };
     route_of(&alt)?;
-    let mut target = match headers.get(HOST).and_then(|h| h.to_str().ok()) {
-        Some(host) => format!("http://{host}{alt}"),
-        None => alt,
-    };
-    if let Some(q) = query.filter(|q| !q.is_empty()) {
-        target.push('?');
-        target.push_str(q);
-    }
-    let mut r = json_response(StatusCode::TEMPORARY_REDIRECT, &Value::Null);
-    *r.body_mut() = http_body_util::Full::new(bytes::Bytes::new());
-    r.headers_mut().remove(CONTENT_TYPE);
-    if let Ok(v) = HeaderValue::from_str(&target) {
-        r.headers_mut().insert(LOCATION, v);
-    }
-    Some(r)
+    let host = headers.get(HOST).and_then(|h| h.to_str().ok());
+    super::http::slash_redirect(&alt, query, host)
 }
 
 async fn dispatch(st: &AppState, lg: &Legacy, req: Request<Incoming>) -> Resp {

@@ -17,7 +17,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, LOCATION};
+use hyper::header::HeaderValue;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{HeaderMap, Request, StatusCode};
@@ -65,22 +65,12 @@ impl AppState {
 async fn dispatch(st: &AppState, req: Request<Incoming>) -> Result<Resp, ApiError> {
     let path = req.uri().path().to_string();
     if path.len() > 1 && path.ends_with('/') {
-        let mut target = path.trim_end_matches('/').to_string();
-        if target.is_empty() {
-            target.push('/');
-        }
-        if let Some(q) = req.uri().query() {
-            target.push('?');
-            target.push_str(q);
-        }
-        let mut r = json_response(StatusCode::TEMPORARY_REDIRECT, &serde_json::Value::Null);
-        *r.body_mut() = http_body_util::Full::new(bytes::Bytes::new());
-        r.headers_mut().remove(hyper::header::CONTENT_TYPE);
-        r.headers_mut().insert(
-            LOCATION,
-            HeaderValue::from_str(&target).unwrap_or(HeaderValue::from_static("/")),
-        );
-        return Ok(r);
+        let target = match path.trim_end_matches('/') {
+            "" => "/",
+            t => t,
+        };
+        return http::slash_redirect(target, req.uri().query(), None)
+            .ok_or_else(ApiError::not_found);
     }
     // decode like Starlette does before routing (`/pools/pool%20a` names `pool a`)
     let decoded: Vec<String> = path

@@ -59,13 +59,16 @@ pub enum AdminCmd {
         #[arg(long, value_name = "DURATION|none")]
         session_lifetime_max: Option<String>,
         name: String,
-        /// SSH public key(s), one per line
+        /// SSH public key(s), one per line (- reads standard input)
+        // hyphen values: a pasted key (even a private one) reaches the SSH key check, which
+        // never shows it, instead of clap's "unexpected argument" that would print it
+        #[arg(allow_hyphen_values = true)]
         ssh_key: String,
     },
     /// Change a tenant's SSH key, API key, quota or lifetimes
     UpdateTenant {
         /// New SSH public key(s), one per line (- reads standard input)
-        #[arg(long)]
+        #[arg(long, allow_hyphen_values = true)]
         ssh_key: Option<String>,
         /// A UUID to use as key, `reset` for a new random one, or `-` to read it from stdin
         #[arg(long, value_name = "UUID|reset|-")]

@@ -166,6 +166,14 @@ pub fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
+            if e.use_stderr() && crate::sshkeys::looks_private(&e.to_string()) {
+                // clap quotes the offending argument (twice): never a private key
+                eprintln!(
+                    "error: an argument is a private key (not shown); SSH keys are given as \
+                     public keys (the .pub file): SSH_KEY of create-tenant, --ssh-key of update-tenant"
+                );
+                return ExitCode::from(2);
+            }
             let code = if e.use_stderr() { 2 } else { 0 };
             let _ = e.print();
             return ExitCode::from(code);

@@ -26,8 +26,10 @@ pub use tokio_postgres::GenericClient;
 /// Database failures, with enough context for a one-line message (never a password).
 #[derive(Debug, Error)]
 pub enum DbError {
-    #[error("{0}")]
-    Pg(#[from] tokio_postgres::Error),
+    /// A failed statement or connection; its text is [`describe_pg`]'s (tokio-postgres' own is
+    /// only "db error").
+    #[error("{}", describe_pg(.0))]
+    Pg(tokio_postgres::Error),
     #[error("cannot connect to PostgreSQL ({target}): {msg}")]
     Connect { target: String, msg: String },
     #[error("invalid database URL: {0}")]
@@ -36,6 +38,39 @@ pub enum DbError {
     Migration(String),
     #[error(transparent)]
     State(#[from] crate::state::StateError),
+}
+
+impl From<tokio_postgres::Error> for DbError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        DbError::Pg(e)
+    }
+}
+
+/// One line for a PostgreSQL failure: the server's message with its SQLSTATE, the severity
+/// unless it is `ERROR`, and the table, column and constraint it names (`duplicate key value
+/// violates unique constraint "…" (SQLSTATE 23505, table tenants, constraint …)`), or the
+/// client-side error and its causes (`error communicating with the server: Connection reset
+/// by peer`). Never the server's DETAIL: it can quote row values (`Failing row contains (…)`,
+/// a tenant's key hash).
+fn describe_pg(e: &tokio_postgres::Error) -> String {
+    let Some(d) = e.as_db_error() else {
+        return error_chain(e);
+    };
+    let mut about = Vec::new();
+    if d.severity() != "ERROR" {
+        about.push(d.severity().to_string());
+    }
+    about.push(format!("SQLSTATE {}", d.code().code()));
+    for (what, name) in [
+        ("table", d.table()),
+        ("column", d.column()),
+        ("constraint", d.constraint()),
+    ] {
+        if let Some(name) = name {
+            about.push(format!("{what} {name}"));
+        }
+    }
+    format!("{} ({})", d.message(), about.join(", ")).replace('\n', " ")
 }
 
 impl DbError {

@@ -237,10 +237,12 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// A running `duffy serve` process (killed on drop).
+/// A running `duffy serve` process (killed on drop); its stderr (the log) goes to a temporary
+/// file, read with [`Server::log`].
 pub struct Server {
     pub port: u16,
     pub child: std::process::Child,
+    log: tempfile::NamedTempFile,
 }
 
 impl Server {
@@ -254,12 +256,13 @@ impl Server {
         let p = port.to_string();
         let mut args = vec!["serve", "-p", p.as_str()];
         args.extend_from_slice(extra);
+        let log = tempfile::NamedTempFile::new().expect("server log file");
         let child = duffy_cmd(Some(config), &args)
             .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
+            .stderr(log.reopen().expect("server log file"))
             .spawn()
             .expect("start duffy serve");
-        let mut s = Server { port, child };
+        let mut s = Server { port, child, log };
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
             if let Ok(Some(status)) = s.child.try_wait() {
@@ -276,6 +279,11 @@ impl Server {
 
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// What the server logged so far (its stderr).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log.path()).unwrap_or_default()
     }
 }
 
