@@ -946,3 +946,79 @@ fn an_operator_taking_a_node_out_wakes_the_scheduler() {
     assert!(log.contains("changed by an operator"), "{log}");
     eprintln!("teardown + refill after the operator's change: {took:?}");
 }
+
+/// Issue 13: only `duffy migrate` creates a database or schema. `duffy scheduler --once` and
+/// the daemon refuse — one line naming the database and `duffy migrate`, exit 1, nothing
+/// created or changed — a database that does not exist (a typo in the URL), one without
+/// duffy's schema, and one whose duffy schema is older than the binary's.
+#[test]
+fn scheduler_never_creates_or_migrates_a_database() {
+    let lab = Lab::new(
+        "",
+        &pool(
+            "p",
+            &format!("fill-level: 1\n{}", mechanism("ok.yml", None)),
+        ),
+    );
+    let exists = |name: &str| {
+        let admin = TestDb::migrated();
+        admin.one(&format!(
+            "SELECT count(*) FROM pg_database WHERE datname = '{name}'"
+        ))
+    };
+    let refused = |cfg: &Path, name: &str| {
+        for args in [&["scheduler", "--once"][..], &["scheduler"][..]] {
+            let o = output_within(duffy_cmd(Some(cfg), args), Duration::from_secs(30));
+            let err = stderr(&o);
+            assert_eq!(o.status.code(), Some(1), "{args:?}: {err}");
+            assert_eq!(err.trim().lines().count(), 1, "{args:?}: {err}");
+            assert!(
+                err.contains(name) && err.contains("duffy migrate"),
+                "{args:?}: {err}"
+            );
+        }
+    };
+    // a typo in the database name
+    let typo = format!("{}_typo", lab.db.name);
+    // dropped at the end should it be created after all
+    let _typo = TestDb {
+        name: typo.clone(),
+        url: String::new(),
+    };
+    let cfg = TestConfig::new(&lab.db.url.replace(&lab.db.name, &typo), "");
+    std::fs::write(
+        &cfg.path,
+        std::fs::read_to_string(&lab.cfg.path)
+            .unwrap()
+            .replace(&lab.db.name, &typo),
+    )
+    .unwrap();
+    refused(&cfg.path, &typo);
+    assert_eq!(exists(&typo), "0", "the scheduler created database {typo}");
+    // an empty database
+    let empty = TestDb::empty();
+    std::fs::write(
+        &cfg.path,
+        std::fs::read_to_string(&lab.cfg.path)
+            .unwrap()
+            .replace(&lab.db.name, &empty.name),
+    )
+    .unwrap();
+    refused(&cfg.path, &empty.name);
+    assert_eq!(
+        empty.one("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'"),
+        "0"
+    );
+    // pending duffy migrations: a database last migrated before 0002_jobs
+    lab.db
+        .exec("DROP TABLE duffy_jobs; DELETE FROM duffy_schema_migrations WHERE version >= 2");
+    refused(&lab.cfg.path, &lab.db.name);
+    assert_eq!(lab.one("SELECT count(*) FROM nodes"), "0");
+    assert_eq!(
+        lab.one("SELECT max(version) FROM duffy_schema_migrations"),
+        "1"
+    );
+    // `duffy migrate` brings it up to date; then the scheduler runs
+    ok(&duffy(Some(&lab.cfg.path), &["migrate"]));
+    assert!(lab.once().contains("done: 1,"));
+}

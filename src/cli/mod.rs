@@ -120,10 +120,11 @@ pub fn load_config(paths: &[PathBuf]) -> Result<Config, CliError> {
     Ok(cfg)
 }
 
-/// Connect to the configured database.
+/// Connect to the configured database, refusing one that `duffy migrate` has not created or
+/// brought up to date (every command but `migrate` itself).
 pub async fn connect(cfg: &Config, pool_size: usize) -> Result<Db, CliError> {
     let url = cfg.database_url()?;
-    Ok(Db::connect(&url, pool_size).await?)
+    Ok(Db::connect_migrated(&url, pool_size).await?)
 }
 
 fn run(cli: Cli) -> CliResult {

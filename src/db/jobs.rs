@@ -448,15 +448,15 @@ pub struct Listener {
 pub async fn listen(url: &str, channel: &str) -> Result<Listener, DbError> {
     use futures_util::future::poll_fn;
     let (cfg, tls) = super::url::parse_tls(url)?;
-    let fail = |msg: String| DbError::Connect {
-        target: super::describe(&cfg),
+    let target = super::describe(&cfg);
+    let connector = super::tls::connector(&tls).map_err(|msg| DbError::Connect {
+        target: target.clone(),
         msg,
-    };
-    let connector = super::tls::connector(&tls).map_err(fail)?;
+    })?;
     let (client, mut conn) = cfg
         .connect(connector)
         .await
-        .map_err(|e| fail(super::error_chain(&e)))?;
+        .map_err(|e| super::connect_error(&target, &e))?;
     let (tx, rx) = mpsc::unbounded_channel();
     tokio::spawn(async move {
         loop {
