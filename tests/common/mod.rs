@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 pub mod ipmi_sim;
+pub mod tcp_proxy;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -16,6 +17,22 @@ use duffy::db::{self, Db};
 pub fn server_url() -> String {
     std::env::var("DUFFY_TEST_PG")
         .unwrap_or_else(|_| "postgresql://postgres@127.0.0.1:5432/postgres".into())
+}
+
+/// The test PostgreSQL server's TCP address (for a [`tcp_proxy::TcpProxy`]).
+pub fn server_addr() -> std::net::SocketAddr {
+    use std::net::ToSocketAddrs;
+    let cfg = db::url::parse(&server_url()).expect("DUFFY_TEST_PG");
+    let host = match cfg.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+        other => panic!("DUFFY_TEST_PG: a TCP host is needed, got {other:?}"),
+    };
+    let port = cfg.get_ports().first().copied().unwrap_or(5432);
+    (host.as_str(), port)
+        .to_socket_addrs()
+        .expect("resolve the test PostgreSQL host")
+        .next()
+        .expect("an address of the test PostgreSQL host")
 }
 
 /// A throw-away database.
@@ -75,6 +92,21 @@ impl TestDb {
         .join()
         .unwrap();
         t
+    }
+
+    /// This database's URL with its server reached at 127.0.0.1:`port` instead (a
+    /// [`tcp_proxy::TcpProxy`] in front of the test server).
+    pub fn url_via(&self, port: u16) -> String {
+        let cfg = db::url::parse(&self.url).expect("test database URL");
+        let password = cfg
+            .get_password()
+            .map(|p| format!(":{}", String::from_utf8_lossy(p)))
+            .unwrap_or_default();
+        format!(
+            "postgresql://{}{password}@127.0.0.1:{port}/{}",
+            cfg.get_user().unwrap_or("postgres"),
+            self.name
+        )
     }
 
     /// A pool on this database (call inside a runtime).
