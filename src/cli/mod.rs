@@ -99,10 +99,20 @@ fn init_logging(level: &str) {
         "warning" => "warn",
         other => other,
     };
+    // deadpool logs a warning per pooled connection that a database restart closes; duffy
+    // reports the failure itself (the scheduler once per outage), so only its errors are kept
+    // unless asked for by name
+    let quiet = |f: String| {
+        if f.contains("deadpool") {
+            f
+        } else {
+            format!("{f},deadpool.postgres=error")
+        }
+    };
     let filter = std::env::var("DUFFY_LOG")
         .ok()
-        .and_then(|s| tracing_subscriber::EnvFilter::try_new(s).ok())
-        .unwrap_or_else(|| tracing_subscriber::EnvFilter::new(directive));
+        .and_then(|s| tracing_subscriber::EnvFilter::try_new(quiet(s)).ok())
+        .unwrap_or_else(|| tracing_subscriber::EnvFilter::new(quiet(directive.to_string())));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -34,7 +34,11 @@ pub fn run(a: SchedulerArgs, cfg: Config) -> CliResult {
         .enable_all()
         .build()
         .map_err(|e| CliError::Other(format!("tokio runtime: {e}")))?;
-    rt.block_on(main(a, cfg))
+    let r = rt.block_on(main(a, cfg));
+    // a blocking task still running (e.g. resolving the database's host name) must not hold up
+    // the exit of a stopping scheduler
+    rt.shutdown_timeout(std::time::Duration::from_millis(500));
+    r
 }
 
 async fn main(a: SchedulerArgs, cfg: Config) -> CliResult {

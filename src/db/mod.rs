@@ -57,6 +57,23 @@ impl DbError {
         }
     }
 
+    /// Is the database out of reach — down, restarting, the connection lost — rather than
+    /// answering with an error? (What a caller retries quickly and reports once per outage.)
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            DbError::Connect { .. } => true,
+            DbError::Pg(e) => {
+                let io = std::error::Error::source(e).is_some_and(|s| s.is::<std::io::Error>());
+                // 08: connection exception; 57P: admin/crash shutdown, cannot connect now
+                let class = e
+                    .code()
+                    .is_some_and(|c| c.code().starts_with("08") || c.code().starts_with("57P"));
+                e.is_closed() || io || class
+            }
+            _ => false,
+        }
+    }
+
     /// Name of the violated unique constraint, for `23505` errors.
     pub fn unique_violation(&self) -> Option<String> {
         match self {
