@@ -421,3 +421,70 @@ fn private_key_given_as_ssh_key_is_never_echoed() {
         Some(format!("demo={SSH_KEY}").as_str())
     );
 }
+
+/// Issue 13: only `duffy migrate` creates a database or schema. Every other command that uses
+/// the database — `serve` (which used to create and migrate it), `serve-legacy`, `admin`,
+/// `stats` — refuses a database that does not exist, one without duffy's schema and one with
+/// pending duffy migrations: one line naming the database and `duffy migrate`, exit 1, nothing
+/// created or written.
+#[test]
+fn commands_refuse_a_missing_or_unmigrated_database() {
+    let admin = TestDb::migrated();
+    let count_dbs = |name: &str| {
+        admin.one(&format!(
+            "SELECT count(*) FROM pg_database WHERE datname = '{name}'"
+        ))
+    };
+    let check = |db_url: &str, name: &str| {
+        let cfg = TestConfig::new(db_url, "metaclient:\n  usermap: {}\n  poolmap: []\n");
+        let port = free_port().to_string();
+        let lport = free_port().to_string();
+        for args in [
+            &["serve", "-p", &port, "--legacy-port", &lport][..],
+            &["serve-legacy", "-p", &lport][..],
+            &["admin", "list-tenants"][..],
+            &["admin", "create-tenant", "t", SSH_KEY][..],
+            &["stats"][..],
+        ] {
+            let o = output_within(
+                duffy_cmd(Some(&cfg.path), args),
+                std::time::Duration::from_secs(30),
+            );
+            let err = stderr(&o);
+            assert_eq!(o.status.code(), Some(1), "{args:?}: {err}");
+            assert_eq!(err.trim().lines().count(), 1, "{args:?}: {err}");
+            assert!(
+                err.contains(name) && err.contains("run `duffy migrate`"),
+                "{args:?}: {err}"
+            );
+        }
+    };
+    // a typo in the database name: nothing creates it
+    let typo = TestDb {
+        name: format!("{}_typo", admin.name),
+        url: admin
+            .url
+            .replace(&admin.name, &format!("{}_typo", admin.name)),
+    };
+    check(&typo.url, &typo.name);
+    assert_eq!(count_dbs(&typo.name), "0");
+    // a database without any schema: nothing creates one
+    let empty = TestDb::empty();
+    check(&empty.url, &empty.name);
+    assert_eq!(
+        empty.one("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'"),
+        "0"
+    );
+    // pending duffy migrations: refused, not applied
+    let old = TestDb::migrated();
+    let latest = old.one("SELECT max(version) FROM duffy_schema_migrations");
+    old.exec(&format!(
+        "DELETE FROM duffy_schema_migrations WHERE version = {latest}"
+    ));
+    check(&old.url, &old.name);
+    assert_eq!(
+        old.one("SELECT count(*) FROM duffy_schema_migrations"),
+        (latest.parse::<i32>().unwrap() - 1).to_string()
+    );
+    assert_eq!(old.one("SELECT count(*) FROM tenants"), "0");
+}

@@ -7,8 +7,11 @@
 //! back-off → given up after `max-attempts` (and the pool paused, not retried in a loop),
 //! deprovisioning of reusable vs ephemeral nodes and of a pool without deprovision playbook,
 //! reuse of an unused reusable node, expiry on time (timer + NOTIFY, not a poll), two
-//! schedulers at once never provisioning twice, nodes left behind by crashed processes, and a
-//! scheduler killed with SIGKILL mid-playbook whose job a restarted scheduler takes over.
+//! schedulers at once never provisioning twice, nodes left behind by crashed processes, a
+//! scheduler killed with SIGKILL mid-playbook whose job a restarted scheduler takes over, and
+//! issue 13's fault injection: SIGTERM with a backlog, a PostgreSQL outage (a TCP proxy in front
+//! of the shared server is cut, `common::tcp_proxy`), a job ending during one, and databases
+//! that `duffy migrate` did not make (missing, empty, pending migrations).
 
 mod common;
 
@@ -252,6 +255,15 @@ impl Lab {
                 tx.commit().await.unwrap();
             })
         })
+    }
+
+    /// Point the config's database URL at `proxy` (the scheduler goes through it; the test's own
+    /// queries and `session`/`retire` do not).
+    fn route_through(&self, proxy: &tcp_proxy::TcpProxy) {
+        let text = std::fs::read_to_string(&self.cfg.path).unwrap();
+        let via = self.db.url_via(proxy.port);
+        assert!(text.contains(&self.db.url));
+        std::fs::write(&self.cfg.path, text.replace(&self.db.url, &via)).unwrap();
     }
 
     fn log(&self, name: &str) -> String {
@@ -878,7 +890,7 @@ fn database_connections_lost_are_reopened_and_events_still_heard() {
          WHERE datname = current_database() AND pid <> pg_backend_pid()",
     );
     let start = Instant::now();
-    while !lab.log("daemon.log").contains("reconnecting") {
+    while !lab.log("daemon.log").contains("re-established") {
         assert!(
             start.elapsed() < Duration::from_secs(10),
             "{}",
@@ -1221,4 +1233,325 @@ fn a_refill_is_never_stuck_behind_a_teardown_backlog() {
         "t",
         Duration::from_secs(60),
     );
+}
+
+/// Issue 13: SIGTERM while backlogged (hundreds of queued jobs, every job slot running a
+/// playbook that sleeps 30 s) stops claiming at once, hands the running jobs back and exits
+/// within 5 s; the interrupted jobs' nodes are recovered by the next scheduler.
+#[test]
+fn sigterm_with_a_backlog_exits_within_5s_and_hands_jobs_back() {
+    let lab = Lab::new(
+        "  max-jobs: 4\n  expire-interval: 1\n",
+        &(pool(
+            "slow",
+            &format!("fill-level: 4\n{}", mechanism("sleep.yml", None)),
+        ) + &pool("backlog", &mechanism("ok.yml", Some("ok.yml")))),
+    );
+    std::fs::write(
+        lab.top.join("sleep.yml"),
+        "- hosts: localhost\n  gather_facts: false\n  tasks:\n    - name: sleep\n      command: sleep 30\n",
+    )
+    .unwrap();
+    // 300 nodes to tear down (their jobs wait: refills are claimed first), and 1000 sessions
+    // that expire together while the slots are busy: a backlog of expiry work
+    lab.db.exec(
+        "INSERT INTO nodes (hostname, ipaddr, state, pool)
+           SELECT 'd' || i || '.test', '127.8.' || (i / 250) || '.' || (i % 250 + 1),
+                  'deprovisioning', 'backlog' FROM generate_series(1, 300) i;
+         INSERT INTO tenants (name, ssh_key, api_key) VALUES ('t', 'k', 'x');
+         INSERT INTO nodes (id, hostname, ipaddr, state, pool)
+           SELECT 10000 + i, 'b' || i || '.test', '127.9.' || (i / 250) || '.' || (i % 250 + 1),
+                  'deployed', 'backlog' FROM generate_series(1, 1000) i;
+         INSERT INTO sessions (id, tenant_id, expires_at)
+           SELECT 10000 + i, 1, now() AT TIME ZONE 'utc' + interval '1 hour'
+           FROM generate_series(1, 1000) i;
+         INSERT INTO sessions_nodes (session_id, node_id, pool)
+           SELECT 10000 + i, 10000 + i, 'backlog' FROM generate_series(1, 1000) i;",
+    );
+    let mut d = lab.daemon("daemon.log");
+    // the four slow refills (claimed before teardowns) hold every job slot; the backlog waits
+    lab.wait_for(
+        "SELECT pool || ' ' || state || ' ' || count(*) FROM duffy_jobs GROUP BY pool, state ORDER BY pool",
+        "backlog queued 300,slow running 4",
+        Duration::from_secs(60),
+    );
+    let start = Instant::now();
+    loop {
+        let sleeping = std::fs::read_dir(&lab.logs)
+            .map(|it| {
+                it.flatten()
+                    .filter(|e| {
+                        std::fs::read_to_string(e.path())
+                            .unwrap_or_default()
+                            .contains("TASK [sleep]")
+                    })
+                    .count()
+            })
+            .unwrap_or(0);
+        if sleeping == 4 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "playbooks never started: {}",
+            lab.log("daemon.log")
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // let the workers fork and run `sleep`
+    std::thread::sleep(Duration::from_millis(1500));
+    // the sessions expire now; the daemon's timer is due in at most a second
+    lab.db.exec(
+        "UPDATE sessions SET expires_at = now() AT TIME ZONE 'utc' + interval '1 second'
+         WHERE id > 10000",
+    );
+    while !lab
+        .log("daemon.log")
+        .contains("session expired and retired")
+    {
+        assert!(start.elapsed() < Duration::from_secs(90));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let started = Instant::now();
+    Command::new("kill")
+        .args(["-TERM", &d.child.id().to_string()])
+        .status()
+        .unwrap();
+    let status = loop {
+        if let Some(s) = d.child.try_wait().unwrap() {
+            break Some(s);
+        }
+        if started.elapsed() > Duration::from_secs(30) {
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let took = started.elapsed();
+    eprintln!(
+        "scheduler exit after SIGTERM with a backlog: {took:?}\n{}",
+        lab.log("daemon.log")
+    );
+    assert!(
+        status.is_some_and(|s| s.success()) && took < Duration::from_secs(5),
+        "exit {status:?} {took:?} after SIGTERM: {}",
+        lab.log("daemon.log")
+    );
+    // the interrupted playbooks end too (ansible-playbook got SIGTERM and stops its workers)
+    let stopped = Instant::now();
+    while !processes_in(&lab.top).is_empty() {
+        assert!(
+            stopped.elapsed() < Duration::from_secs(10),
+            "playbooks left running: {:?}",
+            processes_in(&lab.top)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    eprintln!("playbooks gone {:?} after the scheduler", stopped.elapsed());
+    // nothing left leased: the interrupted jobs are handed back, nothing claimed after the signal
+    assert_eq!(
+        lab.q(
+            "SELECT k || ' ' || count(*) FROM (SELECT pool || ' ' || kind || ' ' || state || ' '
+               || attempts || ' ' || coalesce(leased_by, '-') AS k FROM duffy_jobs) j
+               WHERE k <> 'backlog deprovision queued 0 -' GROUP BY k ORDER BY k"
+        ),
+        vec!["slow provision queued 0 - 4"]
+    );
+    assert_eq!(
+        lab.one(
+            "SELECT count(*) >= 300 FROM duffy_jobs
+             WHERE pool = 'backlog' AND kind = 'deprovision' AND state = 'queued' AND attempts = 0"
+        ),
+        "t",
+        "the teardown backlog is still queued, never claimed"
+    );
+    assert_eq!(
+        lab.one("SELECT count(*) FROM nodes WHERE pool = 'slow' AND state <> 'provisioning'"),
+        "0"
+    );
+    // each session retired with its node, or not at all
+    assert_eq!(
+        lab.one(
+            "SELECT count(*) FROM sessions s JOIN sessions_nodes sn ON sn.session_id = s.id
+             JOIN nodes n ON n.id = sn.node_id
+             WHERE (s.retired_at IS NULL) <> (n.state = 'deployed')"
+        ),
+        "0"
+    );
+    // the next scheduler recovers the interrupted nodes
+    std::fs::write(lab.top.join("sleep.yml"), ok_playbook("set_fact")).unwrap();
+    let o = lab
+        .cmd(&["scheduler", "--once", "--pool", "slow"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("done: 4,"), "{}", stdout(&o));
+    assert_eq!(
+        lab.one("SELECT count(*) FROM nodes WHERE pool = 'slow' AND state = 'ready'"),
+        "4"
+    );
+    let log = lab.log("daemon.log");
+    assert_eq!(log.matches("job handed back").count(), 4, "{log}");
+}
+
+/// Issue 13: a PostgreSQL restart under load. The scheduler reaches the database through a TCP
+/// proxy; the "restart" closes every proxied connection (pool and LISTEN) and refuses new ones
+/// for 4 s, while a burst of NOTIFYs is pending and the API keeps working (on the real server).
+/// The scheduler logs the outage once with its cause and its end once, backs off at most about a
+/// second, and when the database is back re-LISTENs and sweeps at once: what happened meanwhile
+/// (a session taking the pool's node, a session's expiry) is recovered from the tables within a
+/// second or two.
+#[test]
+fn database_outage_is_logged_once_and_work_resumes_at_once() {
+    let lab = Lab::new(
+        "",
+        &pool(
+            "p",
+            &format!(
+                "fill-level: 1\n{}",
+                mechanism("ok.yml", Some("deprovision.yml"))
+            ),
+        ),
+    );
+    let proxy = tcp_proxy::TcpProxy::start(server_addr());
+    lab.route_through(&proxy);
+    let d = lab.daemon("daemon.log");
+    lab.wait_for("SELECT state FROM nodes", "ready", Duration::from_secs(30));
+    // a session to expire during the outage; its NOTIFY gets the pool refilled
+    let a = lab.session("p", 1, None);
+    lab.wait_for(
+        "SELECT state || ':' || count(*) FROM nodes GROUP BY state ORDER BY state",
+        "ready:1,deployed:1",
+        Duration::from_secs(30),
+    );
+    let provisions = lab.one("SELECT count(*) FROM duffy_jobs WHERE kind = 'provision'");
+    // load: a burst of NOTIFYs reaches the scheduler just before PostgreSQL goes away
+    lab.db.exec(
+        r#"SELECT pg_notify('duffy_events', '{"event":"session_failed","pools":["p"]}')
+           FROM generate_series(1, 300)"#,
+    );
+    std::thread::sleep(Duration::from_millis(100));
+    let log_before = lab.log("daemon.log").lines().count();
+    proxy.down();
+    // meanwhile the API serves: the pool's ready node is taken (the NOTIFY is lost to the
+    // scheduler) and session a's lifetime ends
+    lab.session("p", 1, None);
+    lab.db.exec(&format!(
+        "UPDATE sessions SET expires_at = now() AT TIME ZONE 'utc' WHERE id = {a}"
+    ));
+    std::thread::sleep(Duration::from_secs(4));
+    proxy.up();
+    let up = Instant::now();
+    let resumed = |_: ()| {
+        lab.one(&format!(
+            "SELECT (SELECT retired_at IS NOT NULL FROM sessions WHERE id = {a})
+                    AND (SELECT count(*) FROM duffy_jobs WHERE kind = 'provision') > {provisions}"
+        )) == "t"
+    };
+    while !resumed(()) && up.elapsed() < Duration::from_secs(60) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let took = up.elapsed();
+    let log = lab.log("daemon.log");
+    let outage: Vec<&str> = log.lines().skip(log_before).collect();
+    let tail = outage[outage.len().saturating_sub(40)..].join("\n");
+    eprintln!(
+        "work resumed {took:?} after the database came back; {} log lines since the outage began",
+        outage.len()
+    );
+    assert!(
+        took < Duration::from_secs(2),
+        "work resumed only {took:?} after the database came back\n{tail}"
+    );
+    // the pool is filled again and the expired session's node torn down
+    lab.wait_for(
+        "SELECT state || ':' || count(*) FROM nodes GROUP BY state ORDER BY state",
+        "ready:1,deployed:1,done:1",
+        Duration::from_secs(30),
+    );
+    drop(d);
+    // one line when it went away (with the cause), one when it came back (with the duration),
+    // no other warning
+    let log = lab.log("daemon.log");
+    let outage: Vec<&str> = log.lines().skip(log_before).collect();
+    let alarms: Vec<&&str> = outage
+        .iter()
+        .filter(|l| l.contains(" ERROR ") || l.contains(" WARN "))
+        .collect();
+    assert_eq!(alarms.len(), 2, "{}", outage.join("\n"));
+    assert!(
+        alarms[0].contains(" ERROR ")
+            && alarms[0].contains(&format!("{} unavailable: ", lab.db.name))
+            && ["refused", "closed", "terminat"]
+                .iter()
+                .any(|c| alarms[0].contains(c)),
+        "{}",
+        alarms[0]
+    );
+    assert!(
+        alarms[1].contains("available again after ") && alarms[1].contains("s out of reach"),
+        "{}",
+        alarms[1]
+    );
+}
+
+/// Issue 13: a playbook that ends while the database is out of reach cannot record its result;
+/// its job is handed back (queued again, the attempt not counted) as soon as the database
+/// answers, and run again at once — not after its lease (30 s here) runs out.
+#[test]
+fn a_job_ending_during_an_outage_runs_again_when_the_database_is_back() {
+    let lab = Lab::new(
+        "",
+        &pool(
+            "h",
+            &format!("fill-level: 1\n{}", mechanism("hold.yml", None)),
+        ),
+    );
+    let proxy = tcp_proxy::TcpProxy::start(server_addr());
+    lab.route_through(&proxy);
+    let hold = lab.top.join("hold");
+    std::fs::write(&hold, "").unwrap();
+    let d = lab.daemon("daemon.log");
+    let log_of_job = || {
+        std::fs::read_dir(&lab.logs)
+            .ok()
+            .and_then(|mut it| it.next())
+            .and_then(|e| e.ok())
+            .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
+            .unwrap_or_default()
+    };
+    let start = Instant::now();
+    while !log_of_job().contains("TASK [hold]") {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "{}",
+            lab.log("daemon.log")
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    proxy.down();
+    std::fs::remove_file(&hold).unwrap();
+    while !log_of_job().contains("PLAY RECAP") {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "{}",
+            log_of_job()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    proxy.up();
+    let up = Instant::now();
+    lab.wait_for(
+        "SELECT state || ' ' || attempts FROM duffy_jobs",
+        "done 1",
+        Duration::from_secs(20),
+    );
+    eprintln!(
+        "job done again {:?} after the database came back",
+        up.elapsed()
+    );
+    assert_eq!(lab.one("SELECT state FROM nodes"), "ready");
+    drop(d);
+    let log = lab.log("daemon.log");
+    assert!(log.contains("interrupted job handed back"), "{log}");
 }

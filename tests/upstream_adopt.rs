@@ -872,3 +872,46 @@ fn refuses_upstream_tables_without_alembic_version() {
     db.exec("DROP TABLE alembic_version");
     assert_refused(&db, &cfg.path, "alembic_version");
 }
+
+/// Issue 13: adopting an upstream database is `duffy migrate`'s job alone. Before it, every
+/// other command (`serve`, which used to adopt it on start, the scheduler, `admin`, `stats`)
+/// refuses the database with one line naming it and `duffy migrate`, and leaves it exactly as
+/// upstream made it — at the head revision as at an older one.
+#[test]
+fn other_commands_refuse_an_upstream_database_until_duffy_migrate_adopts_it() {
+    let head = TestDb::empty();
+    let cfg_head = shared_config(&head.url, "postgresql", "postgresql+asyncpg");
+    upstream_ok(&cfg_head.path, &["setup-db"]);
+    create_upstream_tenants(&cfg_head.path);
+    head.exec(ROWS_SQL);
+    let (older, cfg_older) = upstream_db_at("36cf064c0481");
+    for (db, cfg) in [(&head, &cfg_head.path), (&older, &cfg_older.path)] {
+        let before = full_snapshot(db);
+        let port = free_port().to_string();
+        for args in [
+            &["serve", "-p", &port][..],
+            &["scheduler", "--once"][..],
+            &["admin", "list-tenants"][..],
+            &["stats"][..],
+        ] {
+            let o = output_within(
+                duffy_cmd(Some(cfg), args),
+                std::time::Duration::from_secs(30),
+            );
+            let err = stderr(&o);
+            assert_eq!(o.status.code(), Some(1), "{args:?}: {err}");
+            assert_eq!(err.trim().lines().count(), 1, "{args:?}: {err}");
+            assert!(
+                err.contains(&db.name) && err.contains("run `duffy migrate`"),
+                "{args:?}: {err}"
+            );
+        }
+        assert_same(&before, &full_snapshot(db), "after the refused commands");
+        assert_untouched_by_duffy(db);
+        // adopted by `duffy migrate`, the database serves every command
+        ours_ok(cfg, &["migrate"]);
+        let out = ours_ok(cfg, &["admin", "list-tenants"]);
+        assert!(out.contains("OK: tenant1"), "{out}");
+        ours_ok(cfg, &["stats"]);
+    }
+}

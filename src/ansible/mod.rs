@@ -459,9 +459,10 @@ pub fn database_url(run: &Run, cfg: &Config) -> anyhow::Result<String> {
     Ok(url)
 }
 
-/// Connect to the duffy database (a small pool: modules are short-lived).
+/// Connect to the duffy database (a small pool: modules are short-lived), refusing one that
+/// `duffy migrate` has not created or brought up to date.
 pub async fn connect(url: &str) -> anyhow::Result<Db> {
-    match tokio::time::timeout(CONNECT_TIMEOUT, Db::connect(url, 2)).await {
+    match tokio::time::timeout(CONNECT_TIMEOUT, Db::connect_migrated(url, 2)).await {
         Ok(r) => r.context("database"),
         Err(_) => Err(anyhow!(
             "database: no connection to PostgreSQL within {} s",

@@ -25,10 +25,16 @@ pub async fn run(a: MigrateArgs, cfg: &Config) -> CliResult {
             db::url::dbname(&db::url::parse(&url).map_err(db::DbError::from)?)
         );
     }
-    let dbh = super::connect(cfg, 1).await?;
+    let dbh = db::Db::connect(&url, 1).await.map_err(|e| match e {
+        // not `run duffy migrate`: this is it, told not to create the database
+        db::DbError::NotMigrated {
+            target, problem, ..
+        } => CliError::Other(format!("database {target} {problem}")),
+        e => e.into(),
+    })?;
     let mut conn = dbh.get().await?;
     if a.status {
-        let s = migrate::status(&conn).await?;
+        let s = migrate::status(&**conn).await?;
         println!(
             "upstream revision: {}{}",
             s.upstream_revision.as_deref().unwrap_or("<none>"),

@@ -99,10 +99,20 @@ fn init_logging(level: &str) {
         "warning" => "warn",
         other => other,
     };
+    // deadpool logs a warning per pooled connection that a database restart closes; duffy
+    // reports the failure itself (the scheduler once per outage), so only its errors are kept
+    // unless asked for by name
+    let quiet = |f: String| {
+        if f.contains("deadpool") {
+            f
+        } else {
+            format!("{f},deadpool.postgres=error")
+        }
+    };
     let filter = std::env::var("DUFFY_LOG")
         .ok()
-        .and_then(|s| tracing_subscriber::EnvFilter::try_new(s).ok())
-        .unwrap_or_else(|| tracing_subscriber::EnvFilter::new(directive));
+        .and_then(|s| tracing_subscriber::EnvFilter::try_new(quiet(s)).ok())
+        .unwrap_or_else(|| tracing_subscriber::EnvFilter::new(quiet(directive.to_string())));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -120,10 +130,11 @@ pub fn load_config(paths: &[PathBuf]) -> Result<Config, CliError> {
     Ok(cfg)
 }
 
-/// Connect to the configured database.
+/// Connect to the configured database, refusing one that `duffy migrate` has not created or
+/// brought up to date (every command but `migrate` itself).
 pub async fn connect(cfg: &Config, pool_size: usize) -> Result<Db, CliError> {
     let url = cfg.database_url()?;
-    Ok(Db::connect(&url, pool_size).await?)
+    Ok(Db::connect_migrated(&url, pool_size).await?)
 }
 
 fn run(cli: Cli) -> CliResult {

@@ -1,7 +1,8 @@
 //! `duffy scheduler [--once] [--pool NAME]…`: keep pools filled, run provision/deprovision
-//! playbooks, expire sessions (`crate::scheduler`). Applies migrations first unless told not to,
-//! like `serve`. `--once` prints a summary line, then `pool NAME: fill-level L, filled B -> A`
-//! per selected pool with a fill level (read by `playbooks/refill.yml`).
+//! playbooks, expire sessions (`crate::scheduler`). Never creates or migrates the database: it
+//! refuses one that `duffy migrate` has not created or brought up to date (`cli::connect`).
+//! `--once` prints a summary line, then `pool NAME: fill-level L, filled B -> A` per selected
+//! pool with a fill level (read by `playbooks/refill.yml`).
 
 use std::sync::Arc;
 
@@ -9,7 +10,6 @@ use clap::Args;
 
 use super::{CliError, CliResult};
 use crate::config::Config;
-use crate::db::{self, migrate};
 use crate::scheduler::{self, fill, Scheduler};
 
 #[derive(Args, Debug)]
@@ -17,8 +17,9 @@ pub struct SchedulerArgs {
     /// Run one pass (expire, recover, fill, deprovision) and the jobs it makes runnable, then exit
     #[arg(long)]
     pub once: bool,
-    /// Do not create the database / apply migrations at start-up
-    #[arg(long)]
+    /// Accepted for compatibility and ignored: the scheduler never creates or migrates the
+    /// database (`duffy migrate` does)
+    #[arg(long, hide = true)]
     pub no_migrate: bool,
     /// Database connections of this process
     #[arg(long, default_value_t = 8)]
@@ -33,7 +34,11 @@ pub fn run(a: SchedulerArgs, cfg: Config) -> CliResult {
         .enable_all()
         .build()
         .map_err(|e| CliError::Other(format!("tokio runtime: {e}")))?;
-    rt.block_on(main(a, cfg))
+    let r = rt.block_on(main(a, cfg));
+    // a blocking task still running (e.g. resolving the database's host name) must not hold up
+    // the exit of a stopping scheduler
+    rt.shutdown_timeout(std::time::Duration::from_millis(500));
+    r
 }
 
 async fn main(a: SchedulerArgs, cfg: Config) -> CliResult {
@@ -47,17 +52,7 @@ async fn main(a: SchedulerArgs, cfg: Config) -> CliResult {
         }
     }
     let url = cfg.database_url()?;
-    if !a.no_migrate {
-        db::ensure_database(&url).await?;
-    }
     let dbh = super::connect(&cfg, a.db_connections.max(2)).await?;
-    if !a.no_migrate {
-        let mut c = dbh.get().await?;
-        migrate::run(&mut c).await.map_err(|e| CliError::Failed {
-            what: "database migration failed".into(),
-            detail: e.to_string(),
-        })?;
-    }
     let s = Arc::new(Scheduler::new(dbh, Arc::new(cfg)).only_pools(&a.pools));
     // the private run directory (and the sweep of killed schedulers'): fail now, not per job
     s.runs().map_err(|e| CliError::Other(e.to_string()))?;

@@ -1,6 +1,7 @@
 //! `duffy serve`: the REST API (and, when `metaclient` is configured, the legacy cico API on
-//! its own listener). Creates the database and applies migrations first unless told not to.
-//! `duffy serve-legacy`: only the legacy cico API (upstream parity).
+//! its own listener). `duffy serve-legacy`: only the legacy cico API (upstream parity). Neither
+//! creates nor migrates the database: both refuse one that `duffy migrate` has not created or
+//! brought up to date (`cli::connect`).
 
 use std::sync::Arc;
 
@@ -10,7 +11,6 @@ use super::{CliError, CliResult};
 use crate::api::legacy::Legacy;
 use crate::api::{self, AppState};
 use crate::config::Config;
-use crate::db::{self, migrate};
 
 #[derive(Args, Debug)]
 pub struct ServeArgs {
@@ -25,8 +25,9 @@ pub struct ServeArgs {
     pub reload: bool,
     #[arg(long, hide = true)]
     pub no_reload: bool,
-    /// Do not create the database / apply migrations at start-up
-    #[arg(long)]
+    /// Accepted for compatibility and ignored: `serve` never creates or migrates the database
+    /// (`duffy migrate` does)
+    #[arg(long, hide = true)]
     pub no_migrate: bool,
     /// Database connections per process
     #[arg(long, default_value_t = 16)]
@@ -86,21 +87,7 @@ async fn serve(a: ServeArgs, cfg: Config, loglevel: &str) -> CliResult {
     }
     let host = a.host.clone().unwrap_or_else(|| cfg.app.host.clone());
     let port = a.port.unwrap_or(cfg.app.port);
-    let url = cfg.database_url()?;
-    if !a.no_migrate {
-        db::ensure_database(&url).await?;
-    }
     let dbh = super::connect(&cfg, a.db_connections).await?;
-    if !a.no_migrate {
-        let mut c = dbh.get().await?;
-        let r = migrate::run(&mut c).await.map_err(|e| CliError::Failed {
-            what: "database migration failed".into(),
-            detail: e.to_string(),
-        })?;
-        if r.changed() {
-            tracing::info!(?r, "database schema created or upgraded");
-        }
-    }
     let listener = api::bind(&host, port)
         .await
         .map_err(|e| CliError::Other(format!("cannot listen on {host}:{port}: {e}")))?;

@@ -127,7 +127,7 @@ pub async fn connect(url: &str, timeout: Duration) -> Result<Client, DbError> {
     // connect_timeout bounds each connection attempt; this bounds the whole handshake
     let (client, conn) = match tokio::time::timeout(timeout, cfg.connect(connector)).await {
         Ok(Ok(pair)) => pair,
-        Ok(Err(e)) => return Err(fail(super::error_chain(&e))),
+        Ok(Err(e)) => return Err(super::connect_error(&target, &e)),
         Err(_) => return Err(fail(format!("timed out after {timeout:?}"))),
     };
     tokio::spawn(conn);

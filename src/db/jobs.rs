@@ -213,18 +213,27 @@ pub async fn retry(
         == 1)
 }
 
-/// Hand a job back unfinished (scheduler stopping): queued again at once, the interrupted
-/// attempt not counted.
-pub async fn release(c: &impl GenericClient, id: i64, owner: &str) -> Result<bool, DbError> {
-    Ok(c.execute(
-        "UPDATE duffy_jobs SET state = 'queued', lease_until = NULL, leased_by = NULL,
-               attempts = greatest(attempts - 1, 0), not_before = clock_timestamp(),
-               updated_at = clock_timestamp()
-             WHERE id = $1 AND leased_by = $2 AND state = 'running'",
-        &[&id, &owner],
-    )
-    .await?
-        == 1)
+/// Hand jobs `owner` holds back unfinished — all of them (scheduler stopping), or those of
+/// `only` (interrupted by a database outage) —: queued again at once, the interrupted attempt
+/// not counted. Returns the ids handed back.
+pub async fn release(
+    c: &impl GenericClient,
+    owner: &str,
+    only: Option<&[i64]>,
+) -> Result<Vec<i64>, DbError> {
+    let rows = c
+        .query(
+            "UPDATE duffy_jobs SET state = 'queued', lease_until = NULL, leased_by = NULL,
+                   attempts = greatest(attempts - 1, 0), not_before = clock_timestamp(),
+                   updated_at = clock_timestamp()
+             WHERE leased_by = $1 AND state = 'running' AND ($2::bigint[] IS NULL OR id = ANY($2))
+             RETURNING id",
+            &[&owner, &only],
+        )
+        .await?;
+    let mut ids: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
+    ids.sort_unstable();
+    Ok(ids)
 }
 
 /// The job failed for good.
@@ -447,10 +456,19 @@ pub async fn next_expiry_secs(c: &impl GenericClient) -> Result<Option<f64>, DbE
         .get(0))
 }
 
-/// A dedicated connection `LISTEN`ing on a channel: payloads arrive on `rx`, which closes when
-/// the connection is lost (the caller reconnects).
+/// What a [`Listener`] hears.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Heard {
+    /// a notification's payload
+    Notify(String),
+    /// the connection is gone (why); nothing follows, the caller reconnects
+    Lost(String),
+}
+
+/// A dedicated connection `LISTEN`ing on a channel: payloads arrive on `rx`, then
+/// [`Heard::Lost`] when the connection is lost (the caller reconnects).
 pub struct Listener {
-    pub rx: mpsc::UnboundedReceiver<String>,
+    pub rx: mpsc::UnboundedReceiver<Heard>,
     _client: tokio_postgres::Client,
 }
 
@@ -458,32 +476,30 @@ pub struct Listener {
 pub async fn listen(url: &str, channel: &str) -> Result<Listener, DbError> {
     use futures_util::future::poll_fn;
     let (cfg, tls) = super::url::parse_tls(url)?;
-    let fail = |msg: String| DbError::Connect {
-        target: super::describe(&cfg),
+    let target = super::describe(&cfg);
+    let connector = super::tls::connector(&tls).map_err(|msg| DbError::Connect {
+        target: target.clone(),
         msg,
-    };
-    let connector = super::tls::connector(&tls).map_err(fail)?;
+    })?;
     let (client, mut conn) = cfg
         .connect(connector)
         .await
-        .map_err(|e| fail(super::error_chain(&e)))?;
+        .map_err(|e| super::connect_error(&target, &e))?;
     let (tx, rx) = mpsc::unbounded_channel();
     tokio::spawn(async move {
-        loop {
+        let why = loop {
             match poll_fn(|cx| conn.poll_message(cx)).await {
                 Some(Ok(tokio_postgres::AsyncMessage::Notification(n))) => {
-                    if tx.send(n.payload().to_string()).is_err() {
-                        break;
+                    if tx.send(Heard::Notify(n.payload().to_string())).is_err() {
+                        return;
                     }
                 }
                 Some(Ok(_)) => {}
-                Some(Err(e)) => {
-                    tracing::warn!("LISTEN connection lost: {e}");
-                    break;
-                }
-                None => break,
+                Some(Err(e)) => break super::error_chain(&e),
+                None => break "connection closed".to_string(),
             }
-        }
+        };
+        let _ = tx.send(Heard::Lost(why));
     });
     client
         .batch_execute(&format!("LISTEN {}", super::quote_ident(channel)))

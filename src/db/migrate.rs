@@ -104,13 +104,76 @@ async fn duffy_version(c: &impl super::GenericClient) -> Result<Option<i32>, DbE
     )
 }
 
+fn unknown_revision(rev: &str) -> String {
+    format!(
+        "unknown upstream Duffy revision {rev} (known: {}); refusing to touch this database",
+        UPSTREAM_STEPS.map(|s| s.0).join(", ")
+    )
+}
+
 /// Report the schema versions of the database.
-pub async fn status(c: &Client) -> Result<Status, DbError> {
+pub async fn status(c: &impl super::GenericClient) -> Result<Status, DbError> {
     Ok(Status {
         upstream_revision: upstream_revision(c).await?,
         duffy_version: duffy_version(c).await?,
         duffy_latest: DUFFY_MIGRATIONS.last().map(|m| m.0).unwrap_or(0),
     })
+}
+
+/// Refuse a database whose schema is not the one this duffy needs — none at all, an upstream
+/// Duffy database not adopted yet, an older upstream revision or pending duffy migrations —
+/// saying that `duffy migrate` (the only command that creates, adopts or upgrades a schema)
+/// fixes it. `target` names the database. A duffy schema *newer* than this binary's is
+/// accepted (duffy's migrations only add `duffy_*` tables, so a binary one release behind keeps
+/// working during a rolling upgrade); an unknown upstream revision is refused outright, as
+/// `duffy migrate` refuses it.
+pub async fn check(c: &impl super::GenericClient, target: &str) -> Result<(), DbError> {
+    let s = status(c).await?;
+    let refuse = |problem: String, fix: &'static str| DbError::NotMigrated {
+        target: target.to_string(),
+        problem,
+        fix,
+    };
+    match (&s.upstream_revision, s.duffy_version) {
+        (None, None) => Err(refuse("has no duffy schema".into(), "to create it")),
+        (Some(rev), None) => Err(refuse(
+            format!("is an upstream Duffy database (revision {rev}) not adopted yet"),
+            "to adopt it",
+        )),
+        (None, Some(_)) => Err(refuse(
+            "has duffy tables but no upstream Duffy schema version (alembic_version)".into(),
+            "for what is wrong",
+        )),
+        (Some(rev), Some(_)) if rev != UPSTREAM_HEAD => {
+            if UPSTREAM_STEPS.iter().any(|(r, _)| r == rev) {
+                Err(refuse(
+                    format!("has upstream revision {rev}, this duffy needs {UPSTREAM_HEAD}"),
+                    "to upgrade it",
+                ))
+            } else {
+                Err(DbError::Migration(format!(
+                    "database {target}: {}",
+                    unknown_revision(rev)
+                )))
+            }
+        }
+        (Some(_), Some(v)) if v < s.duffy_latest => Err(refuse(
+            format!(
+                "has duffy schema version {v}, this duffy needs {}",
+                s.duffy_latest
+            ),
+            "to upgrade it",
+        )),
+        (Some(_), Some(v)) => {
+            if v > s.duffy_latest {
+                tracing::warn!(
+                    "database {target} has duffy schema version {v}, newer than this duffy's {}: upgrade duffy",
+                    s.duffy_latest
+                );
+            }
+            Ok(())
+        }
+    }
 }
 
 /// Create or upgrade the schema. Idempotent: a second run reports no change.
@@ -147,10 +210,7 @@ pub async fn run(client: &mut Client) -> Result<Report, DbError> {
                 )));
             }
             let Some(pos) = UPSTREAM_STEPS.iter().position(|(r, _)| r == rev) else {
-                return Err(DbError::Migration(format!(
-                    "unknown upstream Duffy revision {rev} (known: {}); refusing to touch this database",
-                    UPSTREAM_STEPS.map(|s| s.0).join(", ")
-                )));
+                return Err(DbError::Migration(unknown_revision(rev)));
             };
             for (next, ddl) in &UPSTREAM_STEPS[pos + 1..] {
                 tx.batch_execute(ddl).await?;

@@ -38,6 +38,16 @@ pub enum DbError {
     Migration(String),
     #[error(transparent)]
     State(#[from] crate::state::StateError),
+    /// The database is missing or its schema is not (or no longer) what this duffy needs; only
+    /// `duffy migrate` creates, adopts or upgrades it.
+    #[error("database {target} {problem}: run `duffy migrate` {fix}")]
+    NotMigrated {
+        /// `user@host:port/db`
+        target: String,
+        problem: String,
+        /// what `duffy migrate` will do, e.g. "to create it"
+        fix: &'static str,
+    },
 }
 
 impl From<tokio_postgres::Error> for DbError {
@@ -82,6 +92,23 @@ impl DbError {
         }
     }
 
+    /// Is the database out of reach — down, restarting, the connection lost — rather than
+    /// answering with an error? (What a caller retries quickly and reports once per outage.)
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            DbError::Connect { .. } => true,
+            DbError::Pg(e) => {
+                let io = std::error::Error::source(e).is_some_and(|s| s.is::<std::io::Error>());
+                // 08: connection exception; 57P: admin/crash shutdown, cannot connect now
+                let class = e
+                    .code()
+                    .is_some_and(|c| c.code().starts_with("08") || c.code().starts_with("57P"));
+                e.is_closed() || io || class
+            }
+            _ => false,
+        }
+    }
+
     /// Name of the violated unique constraint, for `23505` errors.
     pub fn unique_violation(&self) -> Option<String> {
         match self {
@@ -91,6 +118,22 @@ impl DbError {
                 .or_else(|| Some(String::new())),
             _ => None,
         }
+    }
+}
+
+/// A failed connection attempt to `target`: a database that does not exist says so and names
+/// `duffy migrate` (the only command that creates one); anything else keeps its whole cause.
+pub(crate) fn connect_error(target: &str, e: &tokio_postgres::Error) -> DbError {
+    if e.code() == Some(&SqlState::INVALID_CATALOG_NAME) {
+        return DbError::NotMigrated {
+            target: target.to_string(),
+            problem: "does not exist".into(),
+            fix: "to create it",
+        };
+    }
+    DbError::Connect {
+        target: target.to_string(),
+        msg: error_chain(e),
     }
 }
 
@@ -164,17 +207,25 @@ impl Db {
         Ok(db)
     }
 
+    /// [`Db::connect`], then refuse a database whose schema is missing or older than this
+    /// duffy's ([`migrate::check`]): what every command but `duffy migrate` uses.
+    pub async fn connect_migrated(url: &str, max_size: usize) -> Result<Db, DbError> {
+        let db = Db::connect(url, max_size).await?;
+        {
+            let c = db.get().await?;
+            migrate::check(&**c, &db.target).await?;
+        }
+        Ok(db)
+    }
+
     /// A pooled connection (derefs to `tokio_postgres::Client`).
     pub async fn get(&self) -> Result<deadpool_postgres::Object, DbError> {
-        self.pool.get().await.map_err(|e| {
-            let msg = match e {
-                deadpool_postgres::PoolError::Backend(pg) => error_chain(&pg),
-                other => other.to_string(),
-            };
-            DbError::Connect {
+        self.pool.get().await.map_err(|e| match e {
+            deadpool_postgres::PoolError::Backend(pg) => connect_error(&self.target, &pg),
+            other => DbError::Connect {
                 target: self.target.clone(),
-                msg,
-            }
+                msg: other.to_string(),
+            },
         })
     }
 

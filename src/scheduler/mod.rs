@@ -15,6 +15,14 @@
 //! claim takes it over, counting the interrupted attempt, so a job is retried or given up
 //! explicitly and no node stays in `provisioning`/`deprovisioning`. No transaction is open while
 //! a playbook runs.
+//!
+//! The daemon stops on SIGTERM/SIGINT within seconds whatever it is doing: the signal interrupts
+//! the pass (its transaction rolls back), running playbooks get SIGTERM, and every job the
+//! process holds is handed back (queued, the attempt not counted). A database outage is one
+//! state, not a failure per pass: logged once with its cause and once with its duration when the
+//! database answers again, retried every half second at most without being woken by piled-up
+//! NOTIFYs; the first pass after it re-LISTENs, sweeps (events missed meanwhile are in the
+//! tables) and hands back the jobs whose outcome could not be written.
 
 pub mod deprovision;
 pub mod expire;
@@ -43,6 +51,13 @@ pub enum SchedulerError {
     Db(#[from] DbError),
     #[error("{0}")]
     Other(String),
+}
+
+impl SchedulerError {
+    /// Is the database out of reach ([`DbError::is_unavailable`])?
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, SchedulerError::Db(d) if d.is_unavailable())
+    }
 }
 
 impl From<tokio_postgres::Error> for SchedulerError {
@@ -97,8 +112,9 @@ pub struct Scheduler {
     pub owner: String,
     /// `{pool: max-parallel}` of the pools that limit their concurrent jobs
     limits: serde_json::Value,
-    /// ids of the jobs this process is running
-    running: std::sync::Mutex<Vec<i64>>,
+    /// jobs whose outcome could not be written (the database went away mid-job): handed back
+    /// as soon as the database answers again instead of waiting for their leases to run out
+    interrupted: std::sync::Mutex<Vec<i64>>,
     /// `--pool`: the only pools this process fills and runs jobs for (None: all)
     pools: Option<Vec<String>>,
     /// nodes this process's provision jobs made `ready`
@@ -134,7 +150,7 @@ impl Scheduler {
             cfg,
             owner,
             limits: serde_json::Value::Object(limits),
-            running: Default::default(),
+            interrupted: Default::default(),
             pools: None,
             provisioned: Default::default(),
             deprovisions: Default::default(),
@@ -385,14 +401,6 @@ impl Scheduler {
 
     /// Run a claimed job to its outcome, renewing its lease meanwhile.
     pub async fn run_job(self: &Arc<Self>, job: Job) -> Outcome {
-        self.running.lock().expect("lock").push(job.id);
-        let o = self.run_job_inner(&job).await;
-        self.running.lock().expect("lock").retain(|i| *i != job.id);
-        o
-    }
-
-    async fn run_job_inner(self: &Arc<Self>, job: &Job) -> Outcome {
-        let job = job.clone();
         let me = self.clone();
         let renew_every = Duration::from_secs_f64(self.lease_secs() / 3.0);
         let renew = async {
@@ -425,8 +433,19 @@ impl Scheduler {
                 tracing::info!(job = job.id, kind = job.kind.as_str(), pool = %job.pool, outcome = ?o, "job finished");
                 o
             }
+            Err(e) if e.is_unavailable() => {
+                // the database went away mid-job: the daemon hands the job back when it answers
+                // again (else, e.g. `--once`, its lease runs out and it is taken over)
+                tracing::error!(
+                    job = job.id,
+                    "job interrupted: {e}; it is handed back (queued again) once the database answers"
+                );
+                self.interrupted.lock().expect("lock").push(job.id);
+                Outcome::Lost
+            }
             Err(e) => {
-                // the database went away mid-job: the lease runs out and the job is taken over
+                // not an outage: the lease runs out and the job is taken over, the attempt
+                // counted (so a job that keeps failing this way is given up)
                 tracing::error!(
                     job = job.id,
                     "job interrupted: {e}; it is retried when its lease expires"
@@ -583,8 +602,7 @@ fn count(report: &mut Report, r: Result<Outcome, tokio::task::JoinError>) {
     }
 }
 
-/// Should this NOTIFY payload wake the scheduler? (Anything on our channel does; the payload
-/// is logged.)
+/// A NOTIFY payload, described for the log.
 fn describe_event(payload: &str) -> String {
     match serde_json::from_str::<Event>(payload) {
         Ok(Event::SessionCreated { session_id, pools }) => {
@@ -602,7 +620,30 @@ fn describe_event(payload: &str) -> String {
     }
 }
 
+/// First delay before a pass is retried after the database went away; doubled per failure up
+/// to [`OUTAGE_RETRY_MAX`], so the scheduler is back at most that long after the database.
+const OUTAGE_RETRY_MIN: Duration = Duration::from_millis(100);
+const OUTAGE_RETRY_MAX: Duration = Duration::from_millis(500);
+/// Retry delays after a pass failed while the database answered (doubled up to the maximum).
+const FAILED_RETRY_MIN: Duration = Duration::from_millis(500);
+const FAILED_RETRY_MAX: Duration = Duration::from_secs(30);
+/// How long a stopping scheduler tries to hand its jobs back (their leases cover the rest).
+const HANDBACK_LIMIT: Duration = Duration::from_secs(3);
+
+/// Resolves once SIGTERM or SIGINT was received (at once if it already was).
+async fn stopped(stop: &mut tokio::sync::watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
 /// The daemon: run until SIGINT/SIGTERM.
+///
+/// A signal interrupts whatever the loop is doing (a pass is dropped mid-way: its open
+/// transaction rolls back), aborts the running jobs (their playbooks get SIGTERM) and hands
+/// every job this process holds back, within [`HANDBACK_LIMIT`]. A pass that fails because the
+/// database is out of reach starts an *outage*: one log line with the cause, retries every
+/// [`OUTAGE_RETRY_MAX`] at most (NOTIFYs and finished jobs do not wake the loop meanwhile),
+/// then one line with its duration when a pass succeeds again — which re-LISTENs and sweeps,
+/// so what happened meanwhile is picked up from the tables.
 pub async fn run_daemon(s: Arc<Scheduler>, url: String) -> Result<(), SchedulerError> {
     let channel = s.cfg.events.channel.clone();
     let fill_interval = s.cfg.scheduler.fill_interval.0.max(Duration::from_secs(1));
@@ -614,14 +655,29 @@ pub async fn run_daemon(s: Arc<Scheduler>, url: String) -> Result<(), SchedulerE
         .max(Duration::from_secs(1));
     let max = s.cfg.scheduler.max_jobs.max(1) as usize;
     let mut listener: Option<jobs::Listener> = None;
+    // why the LISTEN connection was lost, until it is re-established
+    let mut listen_lost: Option<String> = None;
+    // LISTEN refused by a database that otherwise answers (logged once)
+    let mut listen_refused = false;
     let mut set: JoinSet<Outcome> = JoinSet::new();
     let mut next_sweep = Instant::now();
     let mut sweep_now = true;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| SchedulerError::Other(format!("signal handler: {e}")))?;
-    let mut db_retry = Duration::from_millis(500);
+    let (stop_tx, mut stop) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        let _ = stop_tx.send(true);
+    });
+    // since when and why the database is out of reach
+    let mut outage: Option<(Instant, String)> = None;
+    let mut outage_retry = OUTAGE_RETRY_MIN;
+    let mut failed_retry = FAILED_RETRY_MIN;
     tracing::info!(owner = %s.owner, "scheduler started");
-    loop {
+    'run: loop {
         let pass = async {
             if listener.is_none() {
                 match jobs::listen(&url, &channel).await {
@@ -629,8 +685,42 @@ pub async fn run_daemon(s: Arc<Scheduler>, url: String) -> Result<(), SchedulerE
                         listener = Some(l);
                         // events may have been missed while not listening
                         sweep_now = true;
+                        if let Some(why) = listen_lost.take() {
+                            if outage.is_none() {
+                                tracing::warn!("LISTEN connection lost ({why}); re-established");
+                            }
+                        }
+                        listen_refused = false;
                     }
-                    Err(e) => tracing::warn!("LISTEN {channel}: {e}"),
+                    Err(e) if e.is_unavailable() => return Err(e.into()),
+                    Err(e) => {
+                        // the database answers (e.g. too many connections): work on timers
+                        if !listen_refused {
+                            tracing::warn!(
+                                "LISTEN {channel}: {e}; working on timers until it succeeds"
+                            );
+                            listen_refused = true;
+                        }
+                    }
+                }
+            }
+            let orphans = std::mem::take(&mut *s.interrupted.lock().expect("lock"));
+            if !orphans.is_empty() {
+                let c = s.db.get().await;
+                let released = match c {
+                    Ok(c) => jobs::release(&**c, &s.owner, Some(&orphans)).await,
+                    Err(e) => Err(e),
+                };
+                match released {
+                    Ok(ids) => {
+                        for id in ids {
+                            tracing::info!(job = id, "interrupted job handed back");
+                        }
+                    }
+                    Err(e) => {
+                        s.interrupted.lock().expect("lock").extend(orphans);
+                        return Err(e.into());
+                    }
                 }
             }
             let expired = expire::expire_due(&s).await?;
@@ -660,68 +750,136 @@ pub async fn run_daemon(s: Arc<Scheduler>, url: String) -> Result<(), SchedulerE
             }
             Ok::<Duration, SchedulerError>(wait)
         };
-        let wait = match pass.await {
+        let res = tokio::select! {
+            r = pass => r,
+            _ = stopped(&mut stop) => break 'run,
+        };
+        let wait = match res {
             Ok(w) => {
-                db_retry = Duration::from_millis(500);
+                if let Some((since, _)) = outage.take() {
+                    tracing::warn!(
+                        "database {} available again after {:.1?} out of reach: LISTEN re-established, tables swept",
+                        s.db.target(),
+                        since.elapsed()
+                    );
+                }
+                outage_retry = OUTAGE_RETRY_MIN;
+                failed_retry = FAILED_RETRY_MIN;
                 w
             }
             Err(e) => {
-                tracing::error!("scheduler pass failed: {e}; retrying in {db_retry:?}");
                 sweep_now = true;
-                let w = db_retry;
-                db_retry = (db_retry * 2).min(Duration::from_secs(30));
-                w
+                if e.is_unavailable() {
+                    let why = match listen_lost.take() {
+                        Some(l) => format!("{e} (LISTEN connection lost: {l})"),
+                        None => e.to_string(),
+                    };
+                    if outage.is_none() {
+                        tracing::error!(
+                            "database {} unavailable: {why}; retrying every {OUTAGE_RETRY_MAX:?} until it answers",
+                            s.db.target()
+                        );
+                        outage = Some((Instant::now(), why));
+                    } else {
+                        tracing::debug!("database still unavailable: {why}");
+                    }
+                    let w = outage_retry;
+                    outage_retry = (outage_retry * 2).min(OUTAGE_RETRY_MAX);
+                    w
+                } else {
+                    let w = failed_retry;
+                    tracing::error!("scheduler pass failed: {e}; retrying in {w:?}");
+                    failed_retry = (failed_retry * 2).min(FAILED_RETRY_MAX);
+                    w
+                }
             }
         };
         // a little slack so that a timer for "now" does not spin
-        let wait = wait.max(Duration::from_millis(20));
-        tokio::select! {
-            _ = tokio::time::sleep(wait) => {}
-            ev = async {
-                match listener.as_mut() {
-                    Some(l) => l.rx.recv().await,
-                    None => std::future::pending().await,
-                }
-            } => match ev {
-                Some(payload) => {
-                    tracing::info!("woken: {}", describe_event(&payload));
+        let deadline = tokio::time::Instant::now() + wait.max(Duration::from_millis(20));
+        // during an outage only the timer (and a signal) ends the wait: piled-up NOTIFYs and
+        // finished jobs are noted for the next pass, they do not each start one
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep_until(deadline) => break,
+                heard = async {
+                    match listener.as_mut() {
+                        Some(l) => l.rx.recv().await,
+                        None => std::future::pending().await,
+                    }
+                } => match heard {
+                    Some(jobs::Heard::Notify(first)) => {
+                        // every event waiting is handled by one pass
+                        let mut more = 0;
+                        while let Some(l) = listener.as_mut() {
+                            match l.rx.try_recv() {
+                                Ok(jobs::Heard::Notify(_)) => more += 1,
+                                Ok(jobs::Heard::Lost(why)) => {
+                                    listener = None;
+                                    listen_lost = Some(why);
+                                }
+                                Err(_) => break,
+                            }
+                        }
+                        let and = if more > 0 { format!(" (and {more} more events)") } else { String::new() };
+                        tracing::info!("woken: {}{and}", describe_event(&first));
+                        sweep_now = true;
+                        if outage.is_none() {
+                            break;
+                        }
+                    }
+                    Some(jobs::Heard::Lost(why)) => {
+                        listener = None;
+                        listen_lost = Some(why);
+                        break;
+                    }
+                    None => {
+                        listener = None;
+                        listen_lost = Some("connection closed".into());
+                        break;
+                    }
+                },
+                Some(r) = set.join_next(), if !set.is_empty() => {
+                    let mut rep = Report::default();
+                    count(&mut rep, r);
+                    // a finished job may free reusable nodes or leave a pool short
                     sweep_now = true;
+                    if outage.is_none() {
+                        break;
+                    }
                 }
-                None => {
-                    tracing::warn!("LISTEN connection closed; reconnecting");
-                    listener = None;
-                }
-            },
-            Some(r) = set.join_next(), if !set.is_empty() => {
-                let mut rep = Report::default();
-                count(&mut rep, r);
-                // a finished job may free reusable nodes or leave a pool short
-                sweep_now = true;
+                _ = stopped(&mut stop) => break 'run,
             }
-            _ = tokio::signal::ctrl_c() => break,
-            _ = term.recv() => break,
         }
     }
+    shutdown(&s, set).await;
+    Ok(())
+}
+
+/// Stop: abort the running jobs (dropping a playbook's run sends it SIGTERM), then hand back
+/// every job this process holds — running ones, and any claimed by the interrupted pass — so
+/// that the next scheduler runs them at once, with the interrupted attempt not counted.
+async fn shutdown(s: &Scheduler, mut set: JoinSet<Outcome>) {
     tracing::info!(
         running = set.len(),
-        "scheduler stopping; interrupted jobs are taken over when their leases expire"
+        "scheduler stopping: running jobs interrupted and handed back"
     );
     set.abort_all();
     while set.join_next().await.is_some() {}
-    // hand the interrupted jobs back at once instead of waiting for their leases to expire
-    let ids: Vec<i64> = std::mem::take(&mut *s.running.lock().expect("lock"));
-    if !ids.is_empty() {
-        match s.db.get().await {
-            Ok(c) => {
-                for id in ids {
-                    match jobs::release(&**c, id, &s.owner).await {
-                        Ok(_) => tracing::info!(job = id, "job handed back"),
-                        Err(e) => tracing::warn!(job = id, "handing the job back: {e}"),
-                    }
-                }
+    let handback = async {
+        let c = s.db.get().await?;
+        jobs::release(&**c, &s.owner, None).await
+    };
+    match tokio::time::timeout(HANDBACK_LIMIT, handback).await {
+        Ok(Ok(ids)) => {
+            for id in ids {
+                tracing::info!(job = id, "job handed back");
             }
-            Err(e) => tracing::warn!("handing jobs back: {e}"),
         }
+        Ok(Err(e)) => tracing::warn!(
+            "handing jobs back: {e}; they are taken over when their leases expire"
+        ),
+        Err(_) => tracing::warn!(
+            "handing jobs back: no answer from the database within {HANDBACK_LIMIT:?}; they are taken over when their leases expire"
+        ),
     }
-    Ok(())
 }

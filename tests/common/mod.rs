@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 pub mod ipmi_sim;
+pub mod tcp_proxy;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -16,6 +17,22 @@ use duffy::db::{self, Db};
 pub fn server_url() -> String {
     std::env::var("DUFFY_TEST_PG")
         .unwrap_or_else(|_| "postgresql://postgres@127.0.0.1:5432/postgres".into())
+}
+
+/// The test PostgreSQL server's TCP address (for a [`tcp_proxy::TcpProxy`]).
+pub fn server_addr() -> std::net::SocketAddr {
+    use std::net::ToSocketAddrs;
+    let cfg = db::url::parse(&server_url()).expect("DUFFY_TEST_PG");
+    let host = match cfg.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+        other => panic!("DUFFY_TEST_PG: a TCP host is needed, got {other:?}"),
+    };
+    let port = cfg.get_ports().first().copied().unwrap_or(5432);
+    (host.as_str(), port)
+        .to_socket_addrs()
+        .expect("resolve the test PostgreSQL host")
+        .next()
+        .expect("an address of the test PostgreSQL host")
 }
 
 /// A throw-away database.
@@ -75,6 +92,21 @@ impl TestDb {
         .join()
         .unwrap();
         t
+    }
+
+    /// This database's URL with its server reached at 127.0.0.1:`port` instead (a
+    /// [`tcp_proxy::TcpProxy`] in front of the test server).
+    pub fn url_via(&self, port: u16) -> String {
+        let cfg = db::url::parse(&self.url).expect("test database URL");
+        let password = cfg
+            .get_password()
+            .map(|p| format!(":{}", String::from_utf8_lossy(p)))
+            .unwrap_or_default();
+        format!(
+            "postgresql://{}{password}@127.0.0.1:{port}/{}",
+            cfg.get_user().unwrap_or("postgres"),
+            self.name
+        )
     }
 
     /// A pool on this database (call inside a runtime).
@@ -202,6 +234,40 @@ pub fn duffy_cmd(config: Option<&Path>, args: &[&str]) -> Command {
     }
     cmd.args(args);
     cmd
+}
+
+/// Run `cmd` (stdin closed, output captured) and return its output; a command still running
+/// after `limit` (e.g. a server that should have refused to start) is killed and the test fails.
+pub fn output_within(mut cmd: Command, limit: std::time::Duration) -> Output {
+    let dir = tempfile::tempdir().unwrap();
+    let (out, err) = (dir.path().join("stdout"), dir.path().join("stderr"));
+    let mut child = cmd
+        .stdin(std::process::Stdio::null())
+        .stdout(std::fs::File::create(&out).unwrap())
+        .stderr(std::fs::File::create(&err).unwrap())
+        .spawn()
+        .expect("start the command");
+    let start = std::time::Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "{cmd:?} still running after {limit:?}\nstdout: {}\nstderr: {}",
+                std::fs::read_to_string(&out).unwrap_or_default(),
+                std::fs::read_to_string(&err).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    Output {
+        status,
+        stdout: std::fs::read(&out).unwrap(),
+        stderr: std::fs::read(&err).unwrap(),
+    }
 }
 
 pub fn stdout(o: &Output) -> String {
