@@ -269,6 +269,35 @@ impl Lab {
     fn log(&self, name: &str) -> String {
         std::fs::read_to_string(self.cfg.dir.path().join(name)).unwrap_or_default()
     }
+
+    /// How many job logs (playbook outputs) contain `needle`.
+    fn job_logs_with(&self, needle: &str) -> usize {
+        std::fs::read_dir(&self.logs)
+            .map(|d| {
+                d.flatten()
+                    .filter(|e| {
+                        std::fs::read_to_string(e.path())
+                            .unwrap_or_default()
+                            .contains(needle)
+                    })
+                    .count()
+            })
+            .unwrap_or(0)
+    }
+
+    /// Wait until `n` job logs contain `needle` (a playbook reached that task); panics after
+    /// `timeout` with the daemon's log `daemon_log`.
+    fn wait_job_logs(&self, needle: &str, n: usize, timeout: Duration, daemon_log: &str) {
+        let start = Instant::now();
+        while self.job_logs_with(needle) < n {
+            assert!(
+                start.elapsed() < timeout,
+                "{n} playbook(s) never reached {needle:?}: {}",
+                self.log(daemon_log)
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
 }
 
 /// A `duffy scheduler` daemon, stopped (SIGTERM, then SIGKILL) on drop.
@@ -684,28 +713,11 @@ fn scheduler_killed_mid_playbook_is_taken_over_by_the_next() {
     let hold = lab.top.join("hold");
     std::fs::write(&hold, "").unwrap();
     let mut d = lab.daemon("first.log");
-    // wait until the playbook is running (holding)
-    let start = Instant::now();
-    loop {
-        let log = std::fs::read_dir(&lab.logs)
-            .ok()
-            .and_then(|mut it| it.next())
-            .and_then(|e| e.ok())
-            .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
-            .unwrap_or_default();
-        if log.contains("TASK [hold]") {
-            // let the task's worker start: ansible's own SIGTERM handling can miss a worker
-            // that is being forked at that very instant (it then ends after its current task)
-            std::thread::sleep(Duration::from_millis(1500));
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "playbook never started: {}",
-            lab.log("first.log")
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    // wait until the playbook is running (holding); then let the task's worker start:
+    // ansible's own SIGTERM handling can miss a worker that is being forked at that very
+    // instant (it then ends after its current task)
+    lab.wait_job_logs("TASK [hold]", 1, Duration::from_secs(30), "first.log");
+    std::thread::sleep(Duration::from_millis(1500));
     d.kill9();
     // the interrupted playbook died with its scheduler (it would hold forever otherwise)
     let start = Instant::now();
@@ -1049,20 +1061,7 @@ fn playbook_runs_keep_secrets_private_masked_and_swept_after_sigkill() {
         .contains(BMC));
 
     // SIGKILL: the run directory stays behind, until the next scheduler sweeps it
-    let start = Instant::now();
-    while !std::fs::read_dir(&lab.logs)
-        .map(|d| {
-            d.flatten().any(|e| {
-                std::fs::read_to_string(e.path())
-                    .unwrap_or_default()
-                    .contains("TASK [hold]")
-            })
-        })
-        .unwrap_or(false)
-    {
-        assert!(start.elapsed() < Duration::from_secs(30), "never held");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    lab.wait_job_logs("TASK [hold]", 1, Duration::from_secs(30), "first.log");
     d.kill9();
     assert!(run_dir.join("vars.json").exists());
     std::fs::remove_file(&hold).unwrap();
@@ -1276,28 +1275,7 @@ fn sigterm_with_a_backlog_exits_within_5s_and_hands_jobs_back() {
         Duration::from_secs(60),
     );
     let start = Instant::now();
-    loop {
-        let sleeping = std::fs::read_dir(&lab.logs)
-            .map(|it| {
-                it.flatten()
-                    .filter(|e| {
-                        std::fs::read_to_string(e.path())
-                            .unwrap_or_default()
-                            .contains("TASK [sleep]")
-                    })
-                    .count()
-            })
-            .unwrap_or(0);
-        if sleeping == 4 {
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "playbooks never started: {}",
-            lab.log("daemon.log")
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    lab.wait_job_logs("TASK [sleep]", 4, Duration::from_secs(60), "daemon.log");
     // let the workers fork and run `sleep`
     std::thread::sleep(Duration::from_millis(1500));
     // the sessions expire now; the daemon's timer is due in at most a second
@@ -1511,33 +1489,10 @@ fn a_job_ending_during_an_outage_runs_again_when_the_database_is_back() {
     let hold = lab.top.join("hold");
     std::fs::write(&hold, "").unwrap();
     let d = lab.daemon("daemon.log");
-    let log_of_job = || {
-        std::fs::read_dir(&lab.logs)
-            .ok()
-            .and_then(|mut it| it.next())
-            .and_then(|e| e.ok())
-            .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
-            .unwrap_or_default()
-    };
-    let start = Instant::now();
-    while !log_of_job().contains("TASK [hold]") {
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "{}",
-            lab.log("daemon.log")
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    lab.wait_job_logs("TASK [hold]", 1, Duration::from_secs(30), "daemon.log");
     proxy.down();
     std::fs::remove_file(&hold).unwrap();
-    while !log_of_job().contains("PLAY RECAP") {
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "{}",
-            log_of_job()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    lab.wait_job_logs("PLAY RECAP", 1, Duration::from_secs(60), "daemon.log");
     std::thread::sleep(Duration::from_millis(500));
     proxy.up();
     let up = Instant::now();
