@@ -204,17 +204,73 @@ async fn fail_nodes(
     Ok(o)
 }
 
-/// The usable result entry for position `i` of `duffy_out` (§8.4): an object with `ipaddr`.
-fn entry(out: &Option<Json>, i: usize) -> Option<&Map<String, Json>> {
-    out.as_ref()?
-        .get("nodes")?
-        .as_array()?
-        .get(i)?
-        .as_object()
-        .filter(|o| {
-            o.get("ipaddr")
-                .and_then(Json::as_str)
-                .is_some_and(|s| !s.is_empty())
+/// The result for position `i` of `duffy_out` (§8.4): an object with a valid `ipaddr` (an IPv4
+/// or IPv6 address) and, optionally, a valid `hostname` (a DNS name; the address when
+/// missing). `Ok((entry, hostname, ipaddr))`, or why the node cannot be made ready, naming the
+/// field: a playbook's output never reaches the nodes table unchecked.
+fn result_entry(
+    out: &Option<Json>,
+    i: usize,
+) -> Result<(&Map<String, Json>, String, String), String> {
+    let no_result = || format!("no usable result (with ipaddr) at duffy_out.nodes[{i}]");
+    let e = out
+        .as_ref()
+        .and_then(|o| o.get("nodes"))
+        .and_then(Json::as_array)
+        .and_then(|a| a.get(i))
+        .and_then(Json::as_object)
+        .ok_or_else(no_result)?;
+    let ipaddr = e
+        .get("ipaddr")
+        .and_then(Json::as_str)
+        .filter(|s| !s.is_empty())
+        .ok_or_else(no_result)?;
+    let shown = |v: &str| {
+        v.chars()
+            .take(60)
+            .collect::<String>()
+            .escape_debug()
+            .to_string()
+    };
+    if ipaddr.parse::<std::net::IpAddr>().is_err() {
+        return Err(format!(
+            "duffy_out.nodes[{i}].ipaddr: not an IP address: \"{}\"",
+            shown(ipaddr)
+        ));
+    }
+    let hostname = match e.get("hostname") {
+        None | Some(Json::Null) => ipaddr,
+        Some(Json::String(h)) if h.is_empty() => ipaddr,
+        Some(Json::String(h)) if is_host_name(h) => h.as_str(),
+        Some(other) => {
+            let t = other
+                .as_str()
+                .map_or_else(|| other.to_string(), str::to_string);
+            return Err(format!(
+                "duffy_out.nodes[{i}].hostname: not a host name: \"{}\"",
+                shown(&t)
+            ));
+        }
+    };
+    Ok((e, hostname.to_string(), ipaddr.to_string()))
+}
+
+/// A DNS host name (letters, digits, `-` and `_` in dot-separated labels of at most 63
+/// characters, 253 in all; a trailing dot allowed) or an IP address.
+fn is_host_name(h: &str) -> bool {
+    if h.parse::<std::net::IpAddr>().is_ok() {
+        return true;
+    }
+    let h = h.strip_suffix('.').unwrap_or(h);
+    !h.is_empty()
+        && h.len() <= 253
+        && h.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         })
 }
 
@@ -301,20 +357,13 @@ pub async fn run_provision(s: &Scheduler, job: &Job) -> Result<Outcome, Schedule
     {
         let c = s.db.get().await?;
         for (i, n) in nodes.iter().enumerate() {
-            let Some(e) = entry(&out, i) else {
-                failed.push((
-                    n.id,
-                    format!("no usable result (with ipaddr) at duffy_out.nodes[{i}]"),
-                ));
-                continue;
+            let (e, hostname, ipaddr) = match result_entry(&out, i) {
+                Ok(r) => r,
+                Err(reason) => {
+                    failed.push((n.id, reason));
+                    continue;
+                }
             };
-            let ipaddr = e["ipaddr"].as_str().unwrap_or_default().to_string();
-            let hostname = e
-                .get("hostname")
-                .and_then(Json::as_str)
-                .filter(|h| !h.is_empty())
-                .map(str::to_string)
-                .unwrap_or_else(|| ipaddr.clone());
             // one statement per node: a duplicate hostname/ipaddr fails only that node
             let moved = nodes::transition(
                 &**c,
@@ -436,12 +485,49 @@ mod tests {
         let out = Some(
             json!({"nodes": [{"ipaddr": "10.0.0.1"}, {"hostname": "x"}, {"ipaddr": ""}, "str"]}),
         );
-        assert!(entry(&out, 0).is_some());
-        assert!(entry(&out, 1).is_none());
-        assert!(entry(&out, 2).is_none());
-        assert!(entry(&out, 3).is_none());
-        assert!(entry(&out, 4).is_none());
-        assert!(entry(&None, 0).is_none());
-        assert!(entry(&Some(json!({"nodes": {}})), 0).is_none());
+        let r = result_entry(&out, 0).unwrap();
+        assert_eq!((r.1.as_str(), r.2.as_str()), ("10.0.0.1", "10.0.0.1"));
+        for i in 1..5 {
+            assert!(result_entry(&out, i)
+                .unwrap_err()
+                .starts_with("no usable result"));
+        }
+        assert!(result_entry(&None, 0).is_err());
+        assert!(result_entry(&Some(json!({"nodes": {}})), 0).is_err());
+    }
+
+    #[test]
+    fn playbook_addresses_and_names_are_validated_naming_the_field() {
+        let out = Some(json!({"nodes": [
+            {"ipaddr": "fd00::7", "hostname": "n7.ec2.internal"},
+            {"ipaddr": "10.0.0.1; rm -rf /"},
+            {"ipaddr": "10.0.0.1", "hostname": "bad host\u{0}"},
+            {"ipaddr": "10.0.0.1", "hostname": 42},
+            {"ipaddr": "256.1.1.1"},
+            {"ipaddr": "10.0.0.2", "hostname": "ip-10-0-0-2.ec2.internal."},
+            {"ipaddr": "10.0.0.3", "hostname": "-lead.example"},
+        ]}));
+        let r = result_entry(&out, 0).unwrap();
+        assert_eq!((r.1.as_str(), r.2.as_str()), ("n7.ec2.internal", "fd00::7"));
+        assert_eq!(
+            result_entry(&out, 1).unwrap_err(),
+            r#"duffy_out.nodes[1].ipaddr: not an IP address: "10.0.0.1; rm -rf /""#
+        );
+        assert_eq!(
+            result_entry(&out, 2).unwrap_err(),
+            r#"duffy_out.nodes[2].hostname: not a host name: "bad host\0""#
+        );
+        assert_eq!(
+            result_entry(&out, 3).unwrap_err(),
+            r#"duffy_out.nodes[3].hostname: not a host name: "42""#
+        );
+        assert!(result_entry(&out, 4)
+            .unwrap_err()
+            .contains(".ipaddr: not an IP"));
+        assert_eq!(
+            result_entry(&out, 5).unwrap().1,
+            "ip-10-0-0-2.ec2.internal."
+        );
+        assert!(result_entry(&out, 6).unwrap_err().contains(".hostname:"));
     }
 }
