@@ -1841,8 +1841,10 @@ fn tenants_retire_unretire_and_check_order() {
         .as_i64()
         .unwrap();
 
-    // check order on an active tenant for a non-admin: 404 → 403
+    // a non-admin learns nothing (spec §12 bug 19, fixed): 403 before 404 and before 422
     let r = api.put("/tenants/99999", a, json!({"active": false}));
+    assert_eq!((r.status, r.detail()), (403, "Forbidden".into()));
+    let r = api.put("/tenants/99999", env.admin(), json!({"active": false}));
     assert_eq!((r.status, r.detail()), (404, "Not Found".into()));
     let r = api.put(&bob_path, a, json!({"active": false}));
     assert_eq!((r.status, r.detail()), (403, "Forbidden".into()));
@@ -1865,7 +1867,8 @@ fn tenants_retire_unretire_and_check_order() {
     let r = api.get("/tenants", Some(("bob", &bob)));
     assert_eq!((r.status, r.detail()), (403, "Forbidden".into()));
 
-    // a retired tenant: anything but unretiring → 422, even before the permission check
+    // a retired tenant: anything but unretiring → 422 for an admin; a non-admin gets 403 and
+    // never the retired tenant's name
     let retired = format!("tenant bob (id={bob_id}) is retired");
     for body in [
         json!({"active": false}),
@@ -1873,10 +1876,10 @@ fn tenants_retire_unretire_and_check_order() {
         json!({"api_key": "reset"}),
         json!({"active": true, "node_quota": 1}),
     ] {
-        for who in [env.admin(), a] {
-            let r = api.put(&bob_path, who, body.clone());
-            assert_eq!((r.status, r.detail()), (422, retired.clone()), "{body}");
-        }
+        let r = api.put(&bob_path, env.admin(), body.clone());
+        assert_eq!((r.status, r.detail()), (422, retired.clone()), "{body}");
+        let r = api.put(&bob_path, a, body.clone());
+        assert_eq!((r.status, r.detail()), (403, "Forbidden".into()), "{body}");
     }
     // unretire: non-admin 403, admin 200
     let r = api.put(&bob_path, a, json!({"active": true}));

@@ -643,7 +643,12 @@ async fn update_tenant(st: &AppState, req: Request<Incoming>, id: &str) -> R {
         ch.session_lifetime_max = lifetime(&mut b, "session_lifetime_max");
     }
     b.finish()?;
-    // check order: 404 → 422 retired (unless unretiring) → 403 non-admin → apply
+    // check order: 403 non-admin → 404 → 422 retired (unless unretiring) → apply. Upstream
+    // checks the permission last and so tells anyone which ids exist and which tenants are
+    // retired, by name (spec §12 bug 19, fixed)
+    if !caller.row.is_admin {
+        return Err(ApiError::forbidden());
+    }
     let target = tenant::get_by_id(&st.db, &st.cfg.defaults, id)
         .await?
         .ok_or_else(ApiError::not_found)?;
@@ -653,9 +658,6 @@ async fn update_tenant(st: &AppState, req: Request<Incoming>, id: &str) -> R {
             "tenant {} (id={}) is retired",
             target.row.name, target.row.id
         )));
-    }
-    if !caller.row.is_admin {
-        return Err(ApiError::forbidden());
     }
     if is_update {
         let (t, new_key) = tenant::update(
