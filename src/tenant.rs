@@ -330,6 +330,20 @@ pub async fn update(
     ch: &TenantChanges,
     actor: &str,
 ) -> Result<(Tenant, Option<Uuid>), TenantError> {
+    update_unretiring(db, defaults, name, false, ch, actor).await
+}
+
+/// [`update`], unretiring the tenant first when `unretire` (the `duffy_tenant` module's
+/// `state: present` on a retired tenant): one transaction, so a change that fails leaves the
+/// tenant retired. `ch` may be empty then.
+pub async fn update_unretiring(
+    db: &Db,
+    defaults: &Defaults,
+    name: &str,
+    unretire: bool,
+    ch: &TenantChanges,
+    actor: &str,
+) -> Result<(Tenant, Option<Uuid>), TenantError> {
     let ssh_key = match &ch.ssh_key {
         Some(k) if !k.trim().is_empty() => Some(sshkeys::validate(k)?),
         Some(_) => {
@@ -356,14 +370,31 @@ pub async fn update(
     };
     let mut conn = db.get().await?;
     let tx = conn.transaction().await?;
-    let Some(cur) = q::by_name_for_update(&*tx, name).await? else {
+    let Some(mut cur) = q::by_name_for_update(&*tx, name).await? else {
         return Err(TenantError::NotFound(name.to_string()));
     };
     if cur.retired_at.is_some() {
-        return Err(TenantError::Retired {
-            name: cur.name,
-            id: cur.id,
-        });
+        if !unretire {
+            return Err(TenantError::Retired {
+                name: cur.name,
+                id: cur.id,
+            });
+        }
+        let (row, expired) = q::set_retired(&*tx, cur.id, false).await?;
+        audit::record(
+            &*tx,
+            audit::Entity::Tenant,
+            Some(row.id),
+            "unretire",
+            actor,
+            json!({"sessions_expired": expired}),
+        )
+        .await?;
+        cur = row;
+    }
+    if ch.is_empty() {
+        tx.commit().await?;
+        return Ok((Tenant::new(cur, defaults), None));
     }
     let row = q::update(
         &*tx,

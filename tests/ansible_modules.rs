@@ -319,6 +319,23 @@ fn duffy_tenant_create_idempotent_check_diff_retire() {
         .is_some());
     let p = lab.play("retire", &retire, &[]);
     assert_eq!((p.rc, p.changed()), (0, 0), "{}", p.stdout);
+    // unretire + a change that fails is one transaction: the tenant stays retired
+    let p = lab.play(
+        "toolong",
+        &tasks("- name: toolong\n  duffy_tenant: {name: ci-team, session_lifetime: 80000d}\n"),
+        &[],
+    );
+    assert_eq!(p.rc, 2, "{}", p.stdout);
+    assert!(
+        p.msg("toolong").contains("session_lifetime"),
+        "{}",
+        p.msg("toolong")
+    );
+    assert!(
+        lab.one("SELECT retired_at FROM tenants WHERE name = 'ci-team'")
+            .is_some(),
+        "a failed change left the tenant unretired"
+    );
     let p = lab.play("tenant", &t, &["-e", "quota=7"]);
     assert_eq!(p.changed(), 1);
     assert!(p.msg("tenant").contains("active"), "{}", p.msg("tenant"));

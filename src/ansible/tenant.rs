@@ -319,16 +319,10 @@ fn run(run: &mut Run) -> anyhow::Result<Outcome> {
                     .with("tenant", t.to_json(true, None))
                     .with("api_key_created", false));
                 }
-                let mut t = t;
-                if unretire {
-                    t = tenant::set_retired(&duffy.db, defaults, &name, false, &who).await?;
-                }
-                let mut new_key = None;
-                if !ch.is_empty() {
-                    let (t2, k) = tenant::update(&duffy.db, defaults, &name, &ch, &who).await?;
-                    t = t2;
-                    new_key = k;
-                }
+                // unretire and change in one transaction
+                let (t, new_key) =
+                    tenant::update_unretiring(&duffy.db, defaults, &name, unretire, &ch, &who)
+                        .await?;
                 let mut out = Outcome::new(true, format!("tenant {name} changed: {what}"))
                     .diff(header, before, after)
                     .with("tenant", t.to_json(true, None));
