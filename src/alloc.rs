@@ -356,6 +356,21 @@ pub async fn create(
 
     let mut conn = db.get().await?;
     let tx = conn.transaction().await?;
+    // The session may have been retired (by its tenant, who sees it in GET /sessions, or by
+    // the scheduler's expiry) while the keys were being installed: under its row lock now, so
+    // no retirement can come between this check and the deploy. A retirement took the nodes to
+    // `deprovisioning` (retire_locked), where the scheduler removes the keys and tears them
+    // down: nothing is deployed then, and the session stays retired.
+    let retired_meanwhile = q::get_for_update(&*tx, session.id)
+        .await?
+        .is_none_or(|r| r.retired_at.is_some());
+    if retired_meanwhile {
+        tx.commit().await?;
+        return Err(SessionError::Unprocessable(format!(
+            "session {} was retired while its nodes were being contextualized",
+            session.id
+        )));
+    }
     if failures.is_empty() {
         deploy(&*tx, &to_contextualize, session.id, "tenant keys installed").await?;
         if !direct.is_empty() {
@@ -623,11 +638,13 @@ pub async fn retire_locked(
 ) -> Result<Vec<i32>, SessionError> {
     q::retire(c, id).await?;
     let ids = q::node_ids(c, id).await?;
+    // contextualizing too: a session retired while its create installs the tenant's keys
+    // (the create then deploys nothing, see `create`)
     nodes::transition(
         c,
         &TransitionRequest {
             node_ids: &ids,
-            from: &[NodeState::Deployed],
+            from: &[NodeState::Deployed, NodeState::Contextualizing],
             to: NodeState::Deprovisioning,
             actor: Actor::Api,
             reason: Some("session retired"),

@@ -230,6 +230,13 @@ pub const TRANSITIONS: &[Transition] = &[
         why: "contextualization failed",
     },
     Transition {
+        from: Contextualizing,
+        to: Deprovisioning,
+        by: ANY,
+        why: "session retired or expired while its tenant's keys were being installed: the \
+              scheduler's teardown removes them",
+    },
+    Transition {
         from: Deployed,
         to: Deprovisioning,
         by: ANY,

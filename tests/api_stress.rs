@@ -289,3 +289,237 @@ fn concurrent_allocation_never_double_allocates_or_exceeds_quota() {
         Some("36")
     );
 }
+
+/// A stand-in for `ssh` (config `contextualize.ssh`) that takes a moment to install a key:
+/// sessions stay `contextualizing` long enough for concurrent retires and expiries to hit.
+const SLOW_SSH: &str =
+    "#!/bin/sh\ncase \"$*\" in *cat*) cat >/dev/null; sleep 0.05;; esac\nexit 0\n";
+
+/// Issue 12: the contextualization window (nodes `contextualizing`, the session visible in
+/// `GET /sessions`) under load: clients create sessions on an SSH-contextualized pool through
+/// two servers, snipers retire sessions they see while their keys are being installed, an
+/// expirer retires random sessions the way the scheduler's expiry does, a recycler returns
+/// torn-down nodes. Asserts at all times: no `deployed` node without an active session, no
+/// node in two active sessions; every answer an expected one (never 5xx); at the end no node
+/// left `contextualizing` and none lost.
+#[test]
+fn contextualization_window_survives_concurrent_retires_and_expiries() {
+    let dir = tempfile::tempdir().unwrap();
+    let ssh = dir.path().join("ssh");
+    std::fs::write(&ssh, SLOW_SSH).unwrap();
+    std::fs::set_permissions(&ssh, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let tdb = TestDb::migrated();
+    let cfg = TestConfig::new(
+        &tdb.url,
+        &format!(
+            "contextualize:\n  ssh: {}\n  timeout: 20s\nnodepools:\n  concrete:\n    ctx:\n      fill-level: 10\n      contextualize: ssh\n      mechanism: {{type: ansible, ansible: {{provision: {{playbook: p.yml}}}}}}\n",
+            ssh.display()
+        ),
+    );
+    add_ready_nodes(&tdb, "ctx", 16, 203);
+    let tenants: Vec<(String, String)> = (0..4)
+        .map(|i| {
+            let name = format!("c{i}");
+            let key = create_tenant(&cfg.path, &name, &["--node-quota", "6"]);
+            (name.clone(), basic(&name, &key))
+        })
+        .collect();
+    let servers = [Server::start(&cfg.path), Server::start(&cfg.path)];
+    let ports: Vec<u16> = servers.iter().map(|s| s.port).collect();
+    let stop = Arc::new(AtomicBool::new(false));
+    let violations = Arc::new(Mutex::new(Vec::<String>::new()));
+    let statuses = Arc::new(Mutex::new(HashMap::<String, usize>::new()));
+    let note = |statuses: &Mutex<HashMap<String, usize>>, what: String| {
+        *statuses.lock().unwrap().entry(what).or_default() += 1;
+    };
+
+    // the database side: monitor (invariants), expirer (the scheduler's expiry), recycler
+    let background = {
+        let (url, path, stop, violations) = (
+            tdb.url.clone(),
+            cfg.path.clone(),
+            stop.clone(),
+            violations.clone(),
+        );
+        std::thread::spawn(move || {
+            duffy::db::block_on(async move {
+                let config = duffy::config::load_from(&[&path]).unwrap();
+                let db = duffy::db::Db::connect(&url, 2).await.unwrap();
+                let (mut expired, mut rounds) = (0usize, 0usize);
+                while !stop.load(Ordering::Relaxed) || rounds == 0 {
+                    rounds += 1;
+                    let mut c = db.get().await.unwrap();
+                    let bad = c
+                        .query(
+                            "SELECT n.id::text || ' ' || n.state::text FROM nodes n
+                             WHERE n.state = 'deployed' AND NOT EXISTS (
+                               SELECT 1 FROM sessions_nodes sn JOIN sessions s ON s.id = sn.session_id
+                               WHERE sn.node_id = n.id AND s.retired_at IS NULL)
+                             UNION ALL
+                             SELECT sn.node_id::text || ' in two active sessions' FROM sessions_nodes sn
+                             JOIN sessions s ON s.id = sn.session_id WHERE s.retired_at IS NULL
+                             GROUP BY sn.node_id HAVING count(*) > 1",
+                            &[],
+                        )
+                        .await
+                        .unwrap();
+                    for r in bad {
+                        let what: String = r.get(0);
+                        violations.lock().unwrap().push(format!("node {what}"));
+                    }
+                    // expire one random active session, as the scheduler does
+                    let tx = c.transaction().await.unwrap();
+                    let id: Option<i32> = tx
+                        .query_opt(
+                            "SELECT id FROM sessions WHERE retired_at IS NULL
+                             ORDER BY random() LIMIT 1 FOR UPDATE SKIP LOCKED",
+                            &[],
+                        )
+                        .await
+                        .unwrap()
+                        .map(|r| r.get(0));
+                    if let Some(id) = id {
+                        if rounds % 3 == 0 {
+                            duffy::alloc::retire_locked(&*tx, &config, id, "expirer")
+                                .await
+                                .unwrap();
+                            expired += 1;
+                        }
+                    }
+                    tx.commit().await.unwrap();
+                    // recycle torn-down nodes
+                    let tx = c.transaction().await.unwrap();
+                    let ids: Vec<i32> = tx
+                        .query("SELECT id FROM nodes WHERE state = 'deprovisioning'", &[])
+                        .await
+                        .unwrap()
+                        .iter()
+                        .map(|r| r.get(0))
+                        .collect();
+                    for (from, to) in [
+                        (NodeState::Deprovisioning, NodeState::Unused),
+                        (NodeState::Unused, NodeState::Provisioning),
+                        (NodeState::Provisioning, NodeState::Ready),
+                    ] {
+                        nodes::transition_exact(
+                            &*tx,
+                            &TransitionRequest {
+                                node_ids: &ids,
+                                from: &[from],
+                                to,
+                                actor: Actor::Scheduler,
+                                reason: Some("stress recycler"),
+                                session_id: None,
+                                changes: NodeChanges {
+                                    data_remove: vec!["nodes_spec".into()],
+                                    ..Default::default()
+                                },
+                            },
+                        )
+                        .await
+                        .unwrap();
+                    }
+                    tx.commit().await.unwrap();
+                    tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+                }
+                (expired, rounds)
+            })
+        })
+    };
+
+    let mut threads = Vec::new();
+    for i in 0..8 {
+        let (name, auth) = tenants[i % tenants.len()].clone();
+        let port = ports[i % ports.len()];
+        let (violations, statuses) = (violations.clone(), statuses.clone());
+        let sniper = i % 2 == 1;
+        threads.push(std::thread::spawn(move || {
+            for r in 0..60 {
+                if sniper {
+                    // retire whatever of this tenant is being contextualized right now
+                    let (st, v) = request(port, "GET", "/api/v1/sessions", &auth, "");
+                    note(&statuses, format!("GET {st}"));
+                    for s in v["sessions"].as_array().cloned().unwrap_or_default() {
+                        let busy = s["nodes"]
+                            .as_array()
+                            .is_some_and(|n| n.iter().any(|n| n["state"] == "contextualizing"));
+                        if busy || r % 5 == 0 {
+                            let id = s["id"].as_i64().unwrap();
+                            let path = format!("/api/v1/sessions/{id}");
+                            let (st, v) =
+                                request(port, "PUT", &path, &auth, r#"{"active": false}"#);
+                            let retired = v["detail"]
+                                .as_str()
+                                .is_some_and(|d| d.ends_with("is retired"));
+                            note(&statuses, format!("retire {st}"));
+                            if st != 200 && !(st == 422 && retired) {
+                                violations
+                                    .lock()
+                                    .unwrap()
+                                    .push(format!("{name}: retire {id} -> {st} {v}"));
+                            }
+                        }
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                    continue;
+                }
+                let q = 1 + (r % 2);
+                let body = format!(r#"{{"nodes_specs": [{{"pool": "ctx", "quantity": {q}}}]}}"#);
+                let (st, v) = request(port, "POST", "/api/v1/sessions", &auth, &body);
+                let d = v["detail"].as_str().unwrap_or("");
+                let expected = match st {
+                    201 => v["session"]["nodes"]
+                        .as_array()
+                        .is_some_and(|n| n.iter().all(|n| n["state"] == "deployed")),
+                    403 => d.starts_with("quota exceeded"),
+                    422 => {
+                        d.starts_with("can't reserve nodes")
+                            || d.ends_with("was retired while its nodes were being contextualized")
+                    }
+                    _ => false,
+                };
+                note(&statuses, format!("create {st}"));
+                if !expected {
+                    violations
+                        .lock()
+                        .unwrap()
+                        .push(format!("{name}: create -> {st} {v}"));
+                }
+            }
+        }));
+    }
+    for t in threads {
+        t.join().unwrap();
+    }
+    stop.store(true, Ordering::Relaxed);
+    let (expired, rounds) = background.join().unwrap();
+    let v = violations.lock().unwrap();
+    eprintln!(
+        "contextualization stress: {:?}, expired {expired}, monitor rounds {rounds}",
+        statuses.lock().unwrap()
+    );
+    assert!(
+        v.is_empty(),
+        "{} violations, first: {:?}",
+        v.len(),
+        &v[..v.len().min(5)]
+    );
+    assert!(
+        statuses
+            .lock()
+            .unwrap()
+            .get("create 201")
+            .is_some_and(|n| *n > 8),
+        "the load allocated too little to prove anything"
+    );
+    assert_eq!(
+        tdb.query_strings("SELECT count(*) FROM nodes WHERE state = 'contextualizing'")[0]
+            .as_deref(),
+        Some("0"),
+        "nodes left contextualizing"
+    );
+    assert_eq!(
+        tdb.query_strings("SELECT count(*) FROM nodes")[0].as_deref(),
+        Some("16")
+    );
+}

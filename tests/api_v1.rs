@@ -2099,7 +2099,8 @@ fn routing_redirect_404_405_request_id_openapi() {
 
 /// A stand-in for `ssh` (config `contextualize.ssh`): logs calls, stores installed keys per
 /// address, fails the install for addresses listed in `fail-install` and the removal of an
-/// installed key for addresses listed in `fail-remove`. Nothing leaves the machine.
+/// installed key for addresses listed in `fail-remove`, holds installs while `hold-install`
+/// exists. Nothing leaves the machine.
 const FAKE_SSH: &str = r#"#!/bin/sh
 d=$(dirname "$0")
 for a; do host=$cmd; cmd=$a; done
@@ -2107,6 +2108,7 @@ ip=${host#root@}
 echo "$ip $cmd" >> "$d/ssh.log"
 case "$cmd" in
   cat*)
+    while [ -e "$d/hold-install" ]; do sleep 0.05; done
     if grep -qx "$ip" "$d/fail-install" 2>/dev/null; then cat >/dev/null; echo "install refused" >&2; exit 255; fi
     cat >> "$d/keys-$ip"; touch "$d/added-$ip"; exit 0;;
   sed*)
@@ -2657,5 +2659,81 @@ fn request_bodies_must_be_declared_json() {
             .unwrap()
             .len(),
         6
+    );
+}
+
+/// Issue 12: a tenant retires a session it sees in `GET /sessions` while its nodes are being
+/// contextualized. The nodes must not end `deployed` under a retired session (nothing would
+/// ever tear them down), nor `failed` with the tenant's key on them, and the create answers
+/// 4xx, not 500: the retirement takes the contextualizing nodes to `deprovisioning` (the
+/// scheduler removes the keys and tears them down) and the create, finding its session retired
+/// under its row lock, deploys nothing.
+#[test]
+fn retiring_a_session_during_contextualization_leaks_no_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let ssh = dir.path().join("ssh");
+    std::fs::write(&ssh, FAKE_SSH).unwrap();
+    std::fs::set_permissions(&ssh, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let yaml = format!(
+        "contextualize:\n  ssh: {}\n  timeout: 30s\n{}    ctx:\n      fill-level: 2\n      contextualize: ssh\n      mechanism: {{type: ansible, ansible: {{provision: {{playbook: provision.yml}}}}}}\n",
+        ssh.display(),
+        pools_yaml(&[("p1", 2)])
+    );
+    let env = Env::new(&yaml, |db| add_ready_nodes(db, "ctx", 2, 4));
+    let alice = env.tenant("alice", &[]);
+    let api = env.api();
+    let a = Some(("alice", alice.as_str()));
+    let hold = dir.path().join("hold-install");
+    std::fs::write(&hold, "").unwrap();
+    let port = api.port;
+    let key = alice.clone();
+    let create = std::thread::spawn(move || {
+        Api { port }.post(
+            "/sessions",
+            Some(("alice", key.as_str())),
+            specs(&[("ctx", 2)]),
+        )
+    });
+    // the tenant sees its session while the keys are being installed, and retires it
+    let start = std::time::Instant::now();
+    let id = loop {
+        let r = api.get("/sessions", a);
+        if let Some(s) = r.json()["sessions"]
+            .as_array()
+            .and_then(|v| v.first().cloned())
+        {
+            break s["id"].as_i64().unwrap();
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "no session appeared"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(
+        env.count("SELECT count(*) FROM nodes WHERE state = 'contextualizing'"),
+        2
+    );
+    let r = api.put(&format!("/sessions/{id}"), a, json!({"active": false}));
+    assert_eq!(r.status, 200, "{}", r.text());
+    std::fs::remove_file(&hold).unwrap();
+    let r = create.join().unwrap();
+    assert_eq!(
+        (r.status, r.detail()),
+        (
+            422,
+            format!("session {id} was retired while its nodes were being contextualized")
+        ),
+        "{}",
+        r.text()
+    );
+    assert_eq!(
+        env.scalar("SELECT string_agg(state::text, ',' ORDER BY id) FROM nodes"),
+        "deprovisioning,deprovisioning",
+        "the nodes go to the scheduler's teardown (which removes the tenant's key)"
+    );
+    assert_eq!(
+        env.count("SELECT count(*) FROM sessions WHERE retired_at IS NOT NULL"),
+        1
     );
 }
