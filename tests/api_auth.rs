@@ -266,4 +266,11 @@ fn bad_auth_limits_name_the_key() {
         assert!(err.contains(key), "{extra}: {err}");
         assert_eq!(err.trim().lines().count(), 1, "{err}");
     }
+    // good values are taken and stated
+    let cfg = TestConfig::new(&db.url, "app:\n  auth:\n    bcrypt-workers: 2\n");
+    let out = ok(&duffy(Some(&cfg.path), &["config", "check"]));
+    assert!(
+        out.contains("Authentication: 2 bcrypt worker(s); 429 after 5 wrong keys"),
+        "{out}"
+    );
 }
