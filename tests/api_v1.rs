@@ -2068,7 +2068,7 @@ fn routing_redirect_404_405_request_id_openapi() {
             assert_eq!(op["tags"], json!([tag]), "{id}");
             for status in op["responses"].as_object().unwrap().keys() {
                 assert!(
-                    ["200", "201", "401", "403", "404", "409", "422", "503"]
+                    ["200", "201", "401", "403", "404", "409", "422", "429", "503"]
                         .contains(&status.as_str()),
                     "{id} {status}"
                 );

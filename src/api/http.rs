@@ -75,6 +75,8 @@ pub enum ApiError {
     Validation(Vec<Value>),
     /// 503 with `Retry-After: 0`
     Unavailable(String),
+    /// 429 with `Retry-After: <seconds>`: too many wrong keys from this client (`api::auth`)
+    TooManyRequests(u64),
     /// 500; the cause is logged, not shown
     Internal(String),
 }
@@ -107,6 +109,15 @@ impl ApiError {
                 let mut r = json_response(StatusCode::SERVICE_UNAVAILABLE, &json!({"detail": d}));
                 r.headers_mut()
                     .insert("retry-after", HeaderValue::from_static("0"));
+                r
+            }
+            ApiError::TooManyRequests(secs) => {
+                let mut r = json_response(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    &json!({"detail": "Too many failed authentication attempts"}),
+                );
+                r.headers_mut()
+                    .insert("retry-after", HeaderValue::from(secs.max(1)));
                 r
             }
             ApiError::Internal(cause) => {

@@ -357,6 +357,7 @@ fn v1_status(e: &ApiError) -> StatusCode {
         ApiError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
         ApiError::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
         ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        ApiError::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
         ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
@@ -364,7 +365,7 @@ fn v1_status(e: &ApiError) -> StatusCode {
 fn is_auth_failure(e: &ApiError) -> bool {
     matches!(
         v1_status(e),
-        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN
+        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN | StatusCode::TOO_MANY_REQUESTS
     )
 }
 

@@ -3,7 +3,7 @@
 //!
 //! This module knows HTTP; the domain lives in `alloc` and `tenant`, SQL in `db`. No state that
 //! two server processes could disagree on is kept here (the auth cache only remembers verified
-//! keys, keyed by their stored hash).
+//! keys, keyed by their stored hash, and this process's own failure counts).
 
 mod auth;
 mod body;
@@ -43,9 +43,9 @@ pub struct AppState {
 impl AppState {
     pub fn new(cfg: Config, db: Db) -> AppState {
         AppState {
+            auth: AuthCache::new(&cfg.app.auth),
             cfg,
             db,
-            auth: AuthCache::default(),
             levels: coalesce::Coalescer::default(),
         }
     }
@@ -112,7 +112,7 @@ where
     Fut: std::future::Future<Output = Resp> + Send + 'static,
 {
     loop {
-        let (stream, _) = match listener.accept().await {
+        let (stream, peer) = match listener.accept().await {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!("accept failed: {e}");
@@ -127,10 +127,11 @@ where
                 let h = h.clone();
                 async move { Ok::<_, std::convert::Infallible>(h(req).await) }
             });
-            let _ = http1::Builder::new()
+            let conn = http1::Builder::new()
                 .keep_alive(true)
-                .serve_connection(TokioIo::new(stream), svc)
-                .await;
+                .serve_connection(TokioIo::new(stream), svc);
+            // the client address, for authentication's back-off (`auth::PEER`)
+            let _ = auth::PEER.scope(peer.ip(), conn).await;
         });
     }
 }

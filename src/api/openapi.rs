@@ -213,18 +213,18 @@ pub fn document() -> Value {
             "/api/v1/sessions": {
                 "get": {"tags": ["sessions"], "summary": "Get All Sessions", "operationId": "get_all_sessions_api_v1_sessions_get",
                         "security": [{"HTTPBasic": []}, {}],
-                        "responses": {"200": result("SessionResultCollection"), "401": detail(), "403": detail()}},
+                        "responses": {"200": result("SessionResultCollection"), "401": detail(), "429": detail(), "403": detail()}},
                 "post": {"tags": ["sessions"], "summary": "Create Session", "operationId": "create_session_api_v1_sessions_post",
                          "security": auth(), "requestBody": body("SessionCreateModel"),
-                         "responses": {"201": result("SessionResult"), "401": detail(), "403": detail(), "422": validation(), "503": detail()}}
+                         "responses": {"201": result("SessionResult"), "401": detail(), "429": detail(), "403": detail(), "422": validation(), "503": detail()}}
             },
             "/api/v1/sessions/{id}": {
                 "get": {"tags": ["sessions"], "summary": "Get Session", "operationId": "get_session_api_v1_sessions__id__get",
                         "security": auth(), "parameters": id_param(),
-                        "responses": {"200": result("SessionResult"), "401": detail(), "403": detail(), "404": detail(), "422": validation()}},
+                        "responses": {"200": result("SessionResult"), "401": detail(), "429": detail(), "403": detail(), "404": detail(), "422": validation()}},
                 "put": {"tags": ["sessions"], "summary": "Update Session", "operationId": "update_session_api_v1_sessions__id__put",
                         "security": auth(), "parameters": id_param(), "requestBody": body("SessionUpdateModel"),
-                        "responses": {"200": result("SessionResult"), "401": detail(), "403": detail(), "404": detail(), "422": validation()}}
+                        "responses": {"200": result("SessionResult"), "401": detail(), "429": detail(), "403": detail(), "404": detail(), "422": validation()}}
             },
             "/api/v1/pools": {
                 "get": {"tags": ["pools"], "summary": "Get All Pools", "operationId": "get_all_pools_api_v1_pools_get",
@@ -240,27 +240,27 @@ pub fn document() -> Value {
                         "responses": {"200": result("NodeResultCollection")}},
                 "post": {"tags": ["nodes"], "summary": "Create Node", "operationId": "create_node_api_v1_nodes_post",
                          "security": auth(), "requestBody": body("NodeCreateModel"),
-                         "responses": {"201": result("NodeResult"), "401": detail(), "403": detail(), "409": detail(), "422": validation()}}
+                         "responses": {"201": result("NodeResult"), "401": detail(), "429": detail(), "403": detail(), "409": detail(), "422": validation()}}
             },
             "/api/v1/nodes/{id}": {
                 "get": {"tags": ["nodes"], "summary": "Get Node", "operationId": "get_node_api_v1_nodes__id__get",
                         "security": auth(), "parameters": id_param(),
-                        "responses": {"200": result("NodeResult"), "401": detail(), "403": detail(), "404": detail(), "422": validation()}}
+                        "responses": {"200": result("NodeResult"), "401": detail(), "429": detail(), "403": detail(), "404": detail(), "422": validation()}}
             },
             "/api/v1/tenants": {
                 "get": {"tags": ["tenants"], "summary": "Get All Tenants", "operationId": "get_all_tenants_api_v1_tenants_get",
-                        "security": auth(), "responses": {"200": result("TenantResultCollection"), "401": detail(), "403": detail()}},
+                        "security": auth(), "responses": {"200": result("TenantResultCollection"), "401": detail(), "429": detail(), "403": detail()}},
                 "post": {"tags": ["tenants"], "summary": "Create Tenant", "operationId": "create_tenant_api_v1_tenants_post",
                          "security": auth(), "requestBody": body("TenantCreateModel"),
-                         "responses": {"201": result("TenantResult"), "401": detail(), "403": detail(), "409": detail(), "422": validation()}}
+                         "responses": {"201": result("TenantResult"), "401": detail(), "429": detail(), "403": detail(), "409": detail(), "422": validation()}}
             },
             "/api/v1/tenants/{id}": {
                 "get": {"tags": ["tenants"], "summary": "Get Tenant", "operationId": "get_tenant_api_v1_tenants__id__get",
                         "security": auth(), "parameters": id_param(),
-                        "responses": {"200": result("TenantResult"), "401": detail(), "403": detail(), "404": detail(), "422": validation()}},
+                        "responses": {"200": result("TenantResult"), "401": detail(), "429": detail(), "403": detail(), "404": detail(), "422": validation()}},
                 "put": {"tags": ["tenants"], "summary": "Update Tenant", "operationId": "update_tenant_api_v1_tenants__id__put",
                         "security": auth(), "parameters": id_param(), "requestBody": body("TenantUpdateOrRetireModel"),
-                        "responses": {"200": result("TenantResult"), "401": detail(), "403": detail(), "404": detail(), "422": validation()}}
+                        "responses": {"200": result("TenantResult"), "401": detail(), "429": detail(), "403": detail(), "404": detail(), "422": validation()}}
             }
         },
         "components": {

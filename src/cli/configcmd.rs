@@ -47,6 +47,12 @@ pub fn run(cmd: ConfigCmd, cfg: &Config) -> CliResult {
                 "Anonymous reads: {} (app.anonymous-reads: {anon})",
                 if anon { "allowed" } else { "refused" }
             );
+            let a = &cfg.app.auth;
+            println!(
+                "Authentication: {} bcrypt worker(s); 429 after {} wrong keys per tenant name \
+                 and client address, {} per address, back-off up to {} s (app.auth)",
+                a.bcrypt_workers, a.failures_per_tenant, a.failures_per_address, a.max_backoff
+            );
             println!("---");
             print!("{masked}");
         }

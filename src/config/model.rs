@@ -209,6 +209,70 @@ pub struct AppConfig {
     /// bug 17); `false` answers them as upstream answers a required-auth endpoint.
     #[serde(default = "AppConfig::d_anonymous_reads", rename = "anonymous-reads")]
     pub anonymous_reads: bool,
+    /// duffy's own: bounds on the cost of authentication (bcrypt workers, failure back-off).
+    #[serde(default)]
+    pub auth: AuthLimits,
+}
+
+/// `app.auth`: how much CPU wrong API keys may cost the server (see `api::auth`). Per process.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthLimits {
+    /// bcrypt checks run at once (each ~0.3 s of one core); the rest wait in line. 1..=64.
+    #[serde(default = "AuthLimits::d_workers", rename = "bcrypt-workers")]
+    pub bcrypt_workers: u32,
+    /// Wrong keys one client address may try for one tenant name before back-off (429).
+    #[serde(default = "AuthLimits::d_per_tenant", rename = "failures-per-tenant")]
+    pub failures_per_tenant: u32,
+    /// Wrong keys one client address may try, all names together, before back-off (429).
+    #[serde(default = "AuthLimits::d_per_address", rename = "failures-per-address")]
+    pub failures_per_address: u32,
+    /// The longest back-off, in seconds (it doubles with each further failure up to this).
+    #[serde(default = "AuthLimits::d_max_backoff", rename = "max-backoff")]
+    pub max_backoff: u64,
+}
+
+impl AuthLimits {
+    fn d_workers() -> u32 {
+        1
+    }
+    fn d_per_tenant() -> u32 {
+        5
+    }
+    fn d_per_address() -> u32 {
+        20
+    }
+    fn d_max_backoff() -> u64 {
+        300
+    }
+
+    /// The first out-of-range setting: (key under `app.auth`, what it must be).
+    pub fn check(&self) -> Result<(), (&'static str, &'static str)> {
+        if !(1..=64).contains(&self.bcrypt_workers) {
+            return Err(("bcrypt-workers", "must be between 1 and 64"));
+        }
+        if self.failures_per_tenant < 1 {
+            return Err(("failures-per-tenant", "must be at least 1"));
+        }
+        if self.failures_per_address < 1 {
+            return Err(("failures-per-address", "must be at least 1"));
+        }
+        if !(1..=86_400).contains(&self.max_backoff) {
+            return Err(("max-backoff", "must be between 1 and 86400 seconds"));
+        }
+        Ok(())
+    }
+}
+
+impl Default for AuthLimits {
+    fn default() -> Self {
+        AuthLimits {
+            bcrypt_workers: Self::d_workers(),
+            failures_per_tenant: Self::d_per_tenant(),
+            failures_per_address: Self::d_per_address(),
+            max_backoff: Self::d_max_backoff(),
+        }
+    }
 }
 
 impl AppConfig {
@@ -232,6 +296,7 @@ impl Default for AppConfig {
             logging: None,
             retries: None,
             anonymous_reads: Self::d_anonymous_reads(),
+            auth: AuthLimits::default(),
         }
     }
 }
@@ -825,6 +890,9 @@ impl Config {
             raw,
         };
         cfg.inventory.check(&cfg.raw)?;
+        if let Err((key, msg)) = cfg.app.auth.check() {
+            return Err(cfg.raw.invalid(&format!("app.auth.{key}"), msg));
+        }
         // The file's URL is checked even when overridden: `config check` vouches for the files.
         if let Some((key, url)) = cfg.configured_database_url() {
             crate::db::url::parse(&url).map_err(|e| cfg.raw.invalid(&key, e.to_string()))?;
