@@ -213,6 +213,22 @@ pub async fn create(
     tenant_id: Option<i32>,
     specs: &[NodesSpec],
 ) -> Result<SessionView, SessionError> {
+    create_idempotent(db, cfg, caller, tenant_id, specs, None).await
+}
+
+/// [`create`] with an `Idempotency-Key`: when an earlier create of the same tenant with the
+/// same key made a session (within a day), that session is answered and nothing is allocated;
+/// otherwise the key is stored with the new session in the same transaction. The answer is
+/// read inside the transaction that commits it, so a committed create is never answered with an
+/// error because the database went away just after.
+pub async fn create_idempotent(
+    db: &Db,
+    cfg: &Config,
+    caller: &Tenant,
+    tenant_id: Option<i32>,
+    specs: &[NodesSpec],
+    idempotency_key: Option<&str>,
+) -> Result<SessionView, SessionError> {
     if !caller.row.is_admin && tenant_id.is_some_and(|id| id != caller.row.id) {
         return Err(SessionError::Forbidden(
             "can't create session for other tenant".into(),
@@ -243,6 +259,16 @@ pub async fn create(
             target.row.name
         )));
     }
+    if let Some(key) = idempotency_key {
+        // the tenant row lock serialises creates of this tenant: one key, one session
+        if let Some(sid) = q::idempotent_session(&*tx, target_id, key).await? {
+            let view = view_by_id(&*tx, cfg, sid)
+                .await?
+                .ok_or(SessionError::NotFound)?;
+            tx.commit().await?;
+            return Ok(view);
+        }
+    }
     if !target.row.is_admin {
         let current = q::active_allocation(&*tx, target_id).await?;
         let quota = target
@@ -264,6 +290,9 @@ pub async fn create(
         .as_secs_f64();
     let data = json!({"nodes_specs": specs.iter().map(|s| json!({"quantity": s.quantity, "pool": s.pool})).collect::<Vec<_>>()});
     let session = q::insert(&*tx, target_id, lifetime, &data).await?;
+    if let Some(key) = idempotency_key {
+        q::remember_idempotency(&*tx, target_id, key, session.id).await?;
+    }
     let mut to_contextualize: Vec<i32> = Vec::new();
     let mut direct: Vec<i32> = Vec::new();
     let mut pools: Vec<String> = Vec::new();
@@ -333,8 +362,9 @@ pub async fn create(
             },
         )
         .await?;
+        let view = view_in(&*tx, cfg, session.id).await?;
         tx.commit().await?;
-        return get_view(db, cfg, session.id).await;
+        return Ok(view);
     }
     tx.commit().await?;
     drop(conn);
@@ -391,8 +421,9 @@ pub async fn create(
             },
         )
         .await?;
+        let view = view_in(&*tx, cfg, session.id).await?;
         tx.commit().await?;
-        return get_view(db, cfg, session.id).await;
+        return Ok(view);
     }
     // Roll back: failed nodes → failed; keys off the others → ready (or failed if that fails);
     // the session is deleted. Like upstream, the answer is "contextualization of nodes failed"
@@ -537,13 +568,15 @@ async fn fail_node(
     Ok(())
 }
 
-async fn get_view(db: &Db, cfg: &Config, id: i32) -> Result<SessionView, SessionError> {
-    let c = db.get().await?;
-    let row = q::get(&**c, id).await?.ok_or(SessionError::NotFound)?;
-    views(&**c, cfg, vec![row])
-        .await?
-        .pop()
-        .ok_or(SessionError::NotFound)
+/// The session's view, read on `c` — the transaction that is about to commit the change, so
+/// that a committed change is answered from what it wrote, not by a second read that a
+/// database restart could fail.
+async fn view_in(
+    c: &impl crate::db::GenericClient,
+    cfg: &Config,
+    id: i32,
+) -> Result<SessionView, SessionError> {
+    view_by_id(c, cfg, id).await?.ok_or(SessionError::NotFound)
 }
 
 /// The latest `expires_at` a session can have: 9999-12-31T23:59:59.999999 (RFC 3339 and
@@ -623,9 +656,9 @@ pub async fn update(
     if active == Some(false) {
         retire_locked(&*tx, cfg, id, &caller.row.name).await?;
     }
+    let view = view_in(&*tx, cfg, id).await?;
     tx.commit().await?;
-    drop(conn);
-    get_view(db, cfg, id).await
+    Ok(view)
 }
 
 /// Retire a session whose row the transaction holds: nodes go to `deprovisioning` (the

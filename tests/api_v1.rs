@@ -2737,3 +2737,72 @@ fn retiring_a_session_during_contextualization_leaks_no_node() {
         1
     );
 }
+
+/// Issue 12: `Idempotency-Key` on `POST /sessions`: a client that lost the answer (a restart,
+/// a killed server) retries with the same key and gets the session its first request made,
+/// never a second one; keys are per tenant; a bad key is a 422 naming the header.
+#[test]
+fn idempotency_key_makes_a_retried_create_answer_the_first_session() {
+    let env = Env::new(&pools_yaml(&[("p1", 4)]), |db| {
+        add_ready_nodes(db, "p1", 4, 5)
+    });
+    let alice = env.tenant("alice", &[]);
+    let bob = env.tenant("bob", &[]);
+    let api = env.api();
+    let post = |who: (&str, &str), key: &str| {
+        let body = serde_json::to_vec(&specs(&[("p1", 1)])).unwrap();
+        send(
+            api.port,
+            "POST",
+            "/api/v1/sessions",
+            &[
+                ("Authorization", basic(who.0, who.1)),
+                ("Content-Type", "application/json".to_string()),
+                ("Idempotency-Key", key.to_string()),
+            ],
+            &body,
+        )
+    };
+    let a = ("alice", alice.as_str());
+    let first = post(a, "job-1234-attempt");
+    assert_eq!(first.status, 201, "{}\n{}", first.text(), env.srv.log());
+    let id = first.json()["session"]["id"].clone();
+    let again = post(a, "job-1234-attempt");
+    assert_eq!(again.status, 201, "{}", again.text());
+    assert_eq!(again.json()["session"]["id"], id);
+    assert_eq!(
+        again.json()["session"]["nodes"],
+        first.json()["session"]["nodes"]
+    );
+    assert_eq!(env.count("SELECT count(*) FROM sessions"), 1);
+    assert_eq!(
+        env.count("SELECT count(*) FROM nodes WHERE state = 'deployed'"),
+        1
+    );
+    // another key, or another tenant with the same key: new sessions
+    let other = post(a, "job-5678");
+    assert_eq!(other.status, 201);
+    assert_ne!(other.json()["session"]["id"], id);
+    let b = post(("bob", bob.as_str()), "job-1234-attempt");
+    assert_eq!(b.status, 201);
+    assert_ne!(b.json()["session"]["id"], id);
+    assert_eq!(env.count("SELECT count(*) FROM sessions"), 3);
+    // without a key, as upstream
+    assert_eq!(
+        api.post("/sessions", Some(a), specs(&[("p1", 1)])).status,
+        201
+    );
+    // bad keys: 422 naming the header, nothing allocated
+    for bad in ["x".repeat(256), "tab\there".to_string()] {
+        let r = post(a, &bad);
+        assert_eq!(
+            (r.status, r.detail()),
+            (
+                422,
+                "Idempotency-Key: expected 1 to 255 printable ASCII characters".into()
+            ),
+            "{bad:?}"
+        );
+    }
+    assert_eq!(env.count("SELECT count(*) FROM sessions"), 4);
+}

@@ -217,8 +217,23 @@ async fn get_pool(st: &AppState, name: &str) -> R {
     ))
 }
 
+/// The `Idempotency-Key` header of `POST /sessions` (1 to 255 printable ASCII characters).
+fn idempotency_key(h: &hyper::HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(v) = h.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let b = v.as_bytes();
+    if b.is_empty() || b.len() > 255 || !b.iter().all(|c| (0x20..0x7f).contains(c)) {
+        return Err(ApiError::unprocessable(
+            "Idempotency-Key: expected 1 to 255 printable ASCII characters".to_string(),
+        ));
+    }
+    Ok(Some(String::from_utf8_lossy(b).into_owned()))
+}
+
 async fn create_session(st: &AppState, req: Request<Incoming>) -> R {
     let caller = st.auth_required(req.headers()).await?;
+    let idem = idempotency_key(req.headers())?;
     let v = read_json(req).await?;
     let mut b = Body::new(&v)?;
     let tenant_id = b.int("tenant_id");
@@ -319,7 +334,8 @@ async fn create_session(st: &AppState, req: Request<Incoming>) -> R {
             ))
         }
     };
-    let s = alloc::create(&st.db, &st.cfg, &caller, tenant_id, &specs).await?;
+    let s = alloc::create_idempotent(&st.db, &st.cfg, &caller, tenant_id, &specs, idem.as_deref())
+        .await?;
     Ok(created("session", s.to_json()))
 }
 

@@ -38,6 +38,7 @@ const UPSTREAM_STEPS: [(&str, &str); 3] = [
 const DUFFY_MIGRATIONS: &[(i32, &str, &str)] = &[
     (1, "history", include_str!("sql/0001_history.sql")),
     (2, "jobs", include_str!("sql/0002_jobs.sql")),
+    (3, "idempotency", include_str!("sql/0003_idempotency.sql")),
 ];
 
 const UPSTREAM_TABLES: [&str; 4] = ["nodes", "sessions", "sessions_nodes", "tenants"];

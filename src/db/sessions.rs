@@ -169,6 +169,11 @@ pub async fn delete(c: &impl GenericClient, session_id: i32) -> Result<(), DbErr
         &[&session_id],
     )
     .await?;
+    c.execute(
+        "DELETE FROM duffy_idempotency_keys WHERE session_id = $1",
+        &[&session_id],
+    )
+    .await?;
     c.execute("DELETE FROM sessions WHERE id = $1", &[&session_id])
         .await?;
     Ok(())
@@ -219,4 +224,47 @@ pub async fn now_utc(c: &impl GenericClient) -> Result<NaiveDateTime, DbError> {
     )
     .await?
     .get(0))
+}
+
+/// How long an `Idempotency-Key` is remembered (a day).
+pub const IDEMPOTENCY_SECS: f64 = 86_400.0;
+
+/// The session an earlier create of `tenant_id` with `key` made (within
+/// [`IDEMPOTENCY_SECS`]), if any. Call with the tenant row locked (creates of one tenant are
+/// serialised by that lock, so two requests with one key cannot both miss).
+pub async fn idempotent_session(
+    c: &impl GenericClient,
+    tenant_id: i32,
+    key: &str,
+) -> Result<Option<i32>, DbError> {
+    Ok(c.query_opt(
+        "SELECT session_id FROM duffy_idempotency_keys
+             WHERE tenant_id = $1 AND key = $2
+               AND created_at > clock_timestamp() - make_interval(secs => $3)",
+        &[&tenant_id, &key, &IDEMPOTENCY_SECS],
+    )
+    .await?
+    .map(|r| r.get(0)))
+}
+
+/// Remember that `key` of `tenant_id` made `session_id` (replacing an expired entry), and
+/// forget the tenant's expired keys.
+pub async fn remember_idempotency(
+    c: &impl GenericClient,
+    tenant_id: i32,
+    key: &str,
+    session_id: i32,
+) -> Result<(), DbError> {
+    c.execute(
+        "WITH gone AS (
+           DELETE FROM duffy_idempotency_keys
+           WHERE tenant_id = $1 AND created_at <= clock_timestamp() - make_interval(secs => $4)
+         )
+         INSERT INTO duffy_idempotency_keys (tenant_id, key, session_id) VALUES ($1, $2, $3)
+         ON CONFLICT (tenant_id, key) DO UPDATE
+           SET session_id = EXCLUDED.session_id, created_at = clock_timestamp()",
+        &[&tenant_id, &key, &session_id, &IDEMPOTENCY_SECS],
+    )
+    .await?;
+    Ok(())
 }
