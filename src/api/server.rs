@@ -207,12 +207,12 @@ where
 {
     let epoch = Instant::now();
     let activity = Arc::new(Activity {
-        last_read_ms: AtomicU64::new(0),
+        epoch,
+        last_active_ms: AtomicU64::new(0),
         in_flight: AtomicUsize::new(0),
     });
     let io = TokioIo::new(Watched {
         inner: stream,
-        epoch,
         activity: activity.clone(),
     });
     let body_timeout = limits.body_read_timeout;
@@ -237,7 +237,7 @@ where
     let idle = limits.idle_timeout;
     let mut closing = false;
     loop {
-        let last = epoch + Duration::from_millis(activity.last_read_ms.load(Ordering::Relaxed));
+        let last = activity.last_active();
         let now = Instant::now();
         let check_at = if last + idle > now {
             last + idle
@@ -251,7 +251,7 @@ where
                 conn.as_mut().graceful_shutdown();
             }
             _ = tokio::time::sleep_until(check_at), if !closing => {
-                let last = epoch + Duration::from_millis(activity.last_read_ms.load(Ordering::Relaxed));
+                let last = activity.last_active();
                 if activity.in_flight.load(Ordering::Relaxed) == 0 && last + idle <= Instant::now() {
                     closing = true;
                     conn.as_mut().graceful_shutdown();
@@ -263,8 +263,10 @@ where
 
 /// What the idle watchdog looks at.
 struct Activity {
-    /// milliseconds after accept of the last read that returned bytes
-    last_read_ms: AtomicU64,
+    /// when the connection was accepted
+    epoch: Instant,
+    /// milliseconds after `epoch` of the last read that returned bytes or the last response
+    last_active_ms: AtomicU64,
     /// requests whose handler has not returned yet
     in_flight: AtomicUsize,
 }
@@ -281,14 +283,26 @@ impl InFlight {
 
 impl Drop for InFlight {
     fn drop(&mut self) {
+        // the idle time of a keep-alive starts with its response, not with its request's bytes
+        self.0.touch();
         self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
-/// A TCP stream that records when it last received bytes.
+impl Activity {
+    fn last_active(&self) -> Instant {
+        self.epoch + Duration::from_millis(self.last_active_ms.load(Ordering::Relaxed))
+    }
+
+    fn touch(&self) {
+        let ms = self.epoch.elapsed().as_millis() as u64;
+        self.last_active_ms.store(ms, Ordering::Relaxed);
+    }
+}
+
+/// A TCP stream that records when it last received bytes (in its [`Activity`]).
 struct Watched {
     inner: TcpStream,
-    epoch: Instant,
     activity: Arc<Activity>,
 }
 
@@ -301,8 +315,7 @@ impl AsyncRead for Watched {
         let before = buf.filled().len();
         let r = Pin::new(&mut self.inner).poll_read(cx, buf);
         if buf.filled().len() > before {
-            let ms = self.epoch.elapsed().as_millis() as u64;
-            self.activity.last_read_ms.store(ms, Ordering::Relaxed);
+            self.activity.touch();
         }
         r
     }
