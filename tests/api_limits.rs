@@ -371,3 +371,69 @@ fn sigterm_lets_the_in_flight_request_finish_then_exits_0() {
         "the idle keep-alive connection was left open"
     );
 }
+
+#[test]
+fn out_of_descriptors_accept_backs_off_and_logs_once_per_burst() {
+    use std::os::unix::process::CommandExt;
+    let db = TestDb::migrated();
+    // a cap the open-file limit cannot honour: accept fails with EMFILE
+    let cfg = TestConfig::new(
+        &db.url,
+        &limits_yaml(30, 3, 30, "  max-connections: 1000\n"),
+    );
+    let port = free_port();
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let mut cmd = duffy_cmd(
+        Some(&cfg.path),
+        &["serve", "-p", &port.to_string(), "--db-connections", "2"],
+    );
+    cmd.stdout(std::process::Stdio::null())
+        .stderr(log.reopen().unwrap());
+    // SAFETY: only setrlimit between fork and exec
+    unsafe {
+        cmd.pre_exec(|| {
+            let lim = libc::rlimit {
+                rlim_cur: 48,
+                rlim_max: 48,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(child.try_wait().unwrap().is_none(), "duffy serve exited");
+        assert!(Instant::now() < deadline, "duffy serve did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(get(port, "/api/v1/pools"), 200);
+    let read_log = || std::fs::read_to_string(log.path()).unwrap_or_default();
+    assert!(
+        read_log().contains("app.max-connections 1000 exceeds"),
+        "{}",
+        read_log()
+    );
+
+    // more connections than descriptors, held for a while
+    let held: Vec<TcpStream> = (0..100)
+        .filter_map(|_| TcpStream::connect(("127.0.0.1", port)).ok())
+        .collect();
+    std::thread::sleep(Duration::from_secs(2));
+    let failed = read_log().matches("accept failed").count();
+    assert_eq!(failed, 1, "accept failures:\n{}", read_log());
+    drop(held);
+
+    // the idle ones go, the server answers again and says so once
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !read_log().contains("accept works again") {
+        assert!(Instant::now() < deadline, "{}", read_log());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(get(port, "/api/v1/pools"), 200);
+    assert!(read_log().matches("accept failed").count() <= 2);
+    let _ = child.kill();
+    let _ = child.wait();
+}
