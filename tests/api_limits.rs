@@ -307,13 +307,23 @@ fn thousands_of_idle_connections_neither_exhaust_descriptors_nor_block_requests(
 #[test]
 fn sigterm_lets_the_in_flight_request_finish_then_exits_0() {
     let db = TestDb::migrated();
-    let cfg = TestConfig::new(&db.url, &limits_yaml(30, 30, 30, ""));
+    let lp = free_port();
+    // idle keep-alives outlive neither the shutdown nor its (long) bound
+    let cfg = TestConfig::new(
+        &db.url,
+        &limits_yaml(
+            60,
+            60,
+            30,
+            &format!("  shutdown-timeout: 60s\nmetaclient:\n  port: {lp}\n  usermap: {{}}\n"),
+        ),
+    );
     let key = create_tenant(&cfg.path, "t1", &[]);
     let auth = basic("t1", &key);
     let mut server = Server::start(&cfg.path);
     let port = server.port;
 
-    // an idle keep-alive connection: closed by the shutdown, not waited for
+    // idle keep-alive connections on both listeners: closed by the shutdown, not waited for
     let mut idle = connect(port);
     write!(
         idle,
@@ -321,6 +331,13 @@ fn sigterm_lets_the_in_flight_request_finish_then_exits_0() {
     )
     .unwrap();
     assert_eq!(read_response(&mut idle).0, 200);
+    let mut idle_legacy = connect(lp);
+    write!(
+        idle_legacy,
+        "GET /Inventory HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    )
+    .unwrap();
+    assert_eq!(read_response(&mut idle_legacy).0, 200);
 
     // a request whose body is still arriving when SIGTERM comes
     let body = br#"{"nodes_specs": [{"pool": "nope", "quantity": 1}]}"#;
@@ -354,24 +371,66 @@ fn sigterm_lets_the_in_flight_request_finish_then_exits_0() {
         (400..500).contains(&status),
         "the in-flight request got {status}\n{head}"
     );
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        if let Some(st) = server.child.try_wait().unwrap() {
-            break st;
+    let status = exit_within(&mut server.child, Duration::from_secs(30));
+    assert_eq!(status.code(), Some(0), "log:\n{}", server.log());
+    for s in [&mut idle, &mut idle_legacy] {
+        assert!(
+            closed_within(s, Duration::from_secs(5)).is_some(),
+            "an idle keep-alive connection was left open"
+        );
+    }
+}
+
+/// Wait for `child` to exit (well before a 60 s shutdown-timeout would let it).
+fn exit_within(child: &mut std::process::Child, limit: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            return st;
         }
         assert!(
             Instant::now() < deadline,
-            "the server did not exit after SIGTERM"
+            "the server did not exit within {limit:?} of SIGTERM"
         );
         std::thread::sleep(Duration::from_millis(50));
-    };
-    assert_eq!(status.code(), Some(0), "log:\n{}", server.log());
-    assert!(
-        closed_within(&mut idle, Duration::from_secs(5)).is_some(),
-        "the idle keep-alive connection was left open"
-    );
+    }
 }
 
+#[test]
+fn serve_legacy_shuts_down_on_sigterm_with_an_idle_keep_alive() {
+    let db = TestDb::migrated();
+    let cfg = TestConfig::new(
+        &db.url,
+        &limits_yaml(
+            60,
+            60,
+            30,
+            "  shutdown-timeout: 60s\nmetaclient:\n  usermap: {}\n",
+        ),
+    );
+    let port = free_port();
+    let mut child = duffy_cmd(Some(&cfg.path), &["serve-legacy", "-p", &port.to_string()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut idle = loop {
+        if let Ok(s) = TcpStream::connect(("127.0.0.1", port)) {
+            break s;
+        }
+        assert!(child.try_wait().unwrap().is_none(), "serve-legacy exited");
+        assert!(Instant::now() < deadline, "serve-legacy did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    write!(idle, "GET /Inventory HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").unwrap();
+    assert_eq!(read_response(&mut idle).0, 200);
+    // SAFETY: signalling our own child
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    let status = exit_within(&mut child, Duration::from_secs(30));
+    assert_eq!(status.code(), Some(0));
+    assert!(closed_within(&mut idle, Duration::from_secs(5)).is_some());
+}
 #[test]
 fn out_of_descriptors_accept_backs_off_and_logs_once_per_burst() {
     use std::os::unix::process::CommandExt;
