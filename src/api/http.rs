@@ -1,12 +1,14 @@
 //! Small HTTP helpers shared by the v1 and legacy APIs: JSON responses in upstream's shapes,
-//! the error type with its status mapping, request body reading with a size limit.
+//! the error type with its status mapping, request body reading with a size limit and a deadline.
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, CONTENT_TYPE};
+use hyper::header::{HeaderValue, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE};
 use hyper::{Request, Response, StatusCode};
 use serde_json::{json, Value};
+
+use super::server::BodyDeadline;
 
 pub type Resp = Response<Full<Bytes>>;
 
@@ -93,7 +95,18 @@ impl ApiError {
     }
     pub fn into_response(self) -> Resp {
         match self {
-            ApiError::Detail(s, d) => json_response(s, &json!({"detail": d})),
+            ApiError::Detail(s, d) => {
+                let mut r = json_response(s, &json!({"detail": d}));
+                if matches!(
+                    s,
+                    StatusCode::REQUEST_TIMEOUT | StatusCode::PAYLOAD_TOO_LARGE
+                ) {
+                    // the rest of the body is not read: the connection cannot carry another request
+                    r.headers_mut()
+                        .insert(CONNECTION, HeaderValue::from_static("close"));
+                }
+                r
+            }
             ApiError::Unauthenticated(d) => {
                 let mut r = json_response(StatusCode::UNAUTHORIZED, &json!({"detail": d}));
                 r.headers_mut().insert(
@@ -218,19 +231,38 @@ pub fn reject_nul(v: &Value) -> Result<(), ApiError> {
 ///   (Upstream 3.4.0's FastAPI 0.115 still parses a body without `Content-Type`; FastAPI 0.132
 ///   stopped, for the same cross-site reason, and so does duffy.)
 /// * malformed JSON → 422 `json_invalid`;
-/// * a string holding NUL → 422 ([`reject_nul`]).
+/// * a string holding NUL → 422 ([`reject_nul`]);
+/// * a body announced (`Content-Length`) or found larger than [`MAX_BODY`] → 413 at once;
+/// * a body not in by the request's [`BodyDeadline`] (`app.body-read-timeout`) → 408; both
+///   close the connection.
 pub async fn read_json(req: Request<Incoming>) -> Result<Value, ApiError> {
     let json = is_json(req.headers().get(CONTENT_TYPE));
-    let body = Limited::new(req.into_body(), MAX_BODY)
-        .collect()
-        .await
-        .map_err(|_| {
+    let too_large = || {
+        ApiError::Detail(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "Request body too large".into(),
+        )
+    };
+    let announced = req
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if announced.is_some_and(|n| n > MAX_BODY as u64) {
+        return Err(too_large());
+    }
+    let deadline = req.extensions().get::<BodyDeadline>().map(|d| d.0);
+    let collect = Limited::new(req.into_body(), MAX_BODY).collect();
+    let collected = match deadline {
+        Some(d) => tokio::time::timeout_at(d, collect).await.map_err(|_| {
             ApiError::Detail(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "Request body too large".into(),
+                StatusCode::REQUEST_TIMEOUT,
+                "Request body not received in time".into(),
             )
-        })?
-        .to_bytes();
+        })?,
+        None => collect.await,
+    };
+    let body = collected.map_err(|_| too_large())?.to_bytes();
     if body.is_empty() {
         // FastAPI: a required body that was not sent
         return Err(ApiError::Validation(vec![validation_item(

@@ -735,9 +735,18 @@ pub async fn handle(st: Arc<AppState>, lg: Arc<Legacy>, req: Request<Incoming>) 
     resp
 }
 
-/// Serve the legacy API on `listener` until the process ends.
-pub async fn serve(listener: TcpListener, st: Arc<AppState>, lg: Arc<Legacy>) {
-    super::serve_with(listener, move |req| handle(st.clone(), lg.clone(), req)).await
+/// Serve the legacy API on `listener` until `shutdown` (see [`super::serve_with`]).
+pub async fn serve(
+    listener: TcpListener,
+    limits: Arc<super::server::Limits>,
+    shutdown: super::server::Shutdown,
+    st: Arc<AppState>,
+    lg: Arc<Legacy>,
+) {
+    super::serve_with(listener, limits, shutdown, move |req| {
+        handle(st.clone(), lg.clone(), req)
+    })
+    .await
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@ pub mod coalesce;
 pub mod http;
 pub mod legacy;
 pub mod openapi;
+pub mod server;
 mod v1;
 
 use std::net::SocketAddr;
@@ -18,10 +19,7 @@ use std::sync::Arc;
 
 use hyper::body::Incoming;
 use hyper::header::HeaderValue;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
 use hyper::{HeaderMap, Request, StatusCode};
-use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
 pub use auth::AuthCache;
@@ -105,40 +103,32 @@ pub async fn handle(st: Arc<AppState>, req: Request<Incoming>) -> Resp {
     resp
 }
 
-/// Serve HTTP/1.1 on `listener` with `handler` until the process ends.
-pub async fn serve_with<F, Fut>(listener: TcpListener, handler: F)
-where
-    F: Fn(Request<Incoming>) -> Fut + Clone + Send + 'static,
+/// Serve HTTP/1.1 on `listener` with `handler` until `shutdown` turns true (the connection cap,
+/// timeouts and accept loop are [`server`]'s); then stop accepting, let in-flight requests
+/// finish, close idle keep-alives and return once every connection is closed.
+pub async fn serve_with<F, Fut>(
+    listener: TcpListener,
+    limits: Arc<server::Limits>,
+    shutdown: server::Shutdown,
+    handler: F,
+) where
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
     Fut: std::future::Future<Output = Resp> + Send + 'static,
 {
-    loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!("accept failed: {e}");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let _ = stream.set_nodelay(true);
-        let h = handler.clone();
-        tokio::spawn(async move {
-            let svc = service_fn(move |req| {
-                let h = h.clone();
-                async move { Ok::<_, std::convert::Infallible>(h(req).await) }
-            });
-            let conn = http1::Builder::new()
-                .keep_alive(true)
-                .serve_connection(TokioIo::new(stream), svc);
-            // the client address, for authentication's back-off (`auth::PEER`)
-            let _ = auth::PEER.scope(peer.ip(), conn).await;
-        });
-    }
+    server::serve(listener, limits, shutdown, handler).await
 }
 
-/// Serve the v1 API on `listener`.
-pub async fn serve_v1(listener: TcpListener, st: Arc<AppState>) {
-    serve_with(listener, move |req| handle(st.clone(), req)).await
+/// Serve the v1 API on `listener` (see [`serve_with`]).
+pub async fn serve_v1(
+    listener: TcpListener,
+    limits: Arc<server::Limits>,
+    shutdown: server::Shutdown,
+    st: Arc<AppState>,
+) {
+    serve_with(listener, limits, shutdown, move |req| {
+        handle(st.clone(), req)
+    })
+    .await
 }
 
 /// Bind `host:port` with a clear error.

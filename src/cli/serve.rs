@@ -9,6 +9,7 @@ use clap::Args;
 
 use super::{CliError, CliResult};
 use crate::api::legacy::Legacy;
+use crate::api::server::Limits;
 use crate::api::{self, AppState};
 use crate::config::Config;
 
@@ -113,20 +114,21 @@ async fn serve(a: ServeArgs, cfg: Config, loglevel: &str) -> CliResult {
     if let Some((_, _, lhost, lport)) = &legacy {
         println!(" * Legacy cico API (metaclient) on http://{lhost}:{lport}/");
     }
+    let limits = Arc::new(Limits::from_config(&cfg.app, a.db_connections));
+    let (stop, shutdown) = tokio::sync::watch::channel(false);
     let st = Arc::new(AppState::new(cfg, dbh));
-    let legacy_server = match legacy {
-        Some((l, lg, _, _)) => tokio::spawn(api::legacy::serve(l, st.clone(), Arc::new(lg))),
-        None => tokio::spawn(std::future::pending::<()>()),
-    };
-    let server = tokio::spawn(api::serve_v1(listener, st));
-    tokio::select! {
-        _ = server => Err(CliError::Other("server stopped".into())),
-        _ = legacy_server => Err(CliError::Other("legacy server stopped".into())),
-        _ = shutdown_signal() => {
-            tracing::info!("shutting down");
-            Ok(())
-        }
+    let mut servers = tokio::task::JoinSet::new();
+    if let Some((l, lg, _, _)) = legacy {
+        servers.spawn(api::legacy::serve(
+            l,
+            limits.clone(),
+            shutdown.clone(),
+            st.clone(),
+            Arc::new(lg),
+        ));
     }
+    servers.spawn(api::serve_v1(listener, limits.clone(), shutdown, st));
+    run_until_signal(servers, stop, &limits).await
 }
 
 /// `duffy serve-legacy`: only the legacy cico API.
@@ -162,15 +164,49 @@ async fn serve_legacy(a: ServeLegacyArgs, cfg: Config, loglevel: &str) -> CliRes
     println!(" * Destination address : (unused: duffy calls the library directly)");
     println!(" * Log level           : {loglevel}");
     println!(" * Serving API docs on http://{host}:{port}/docs");
+    let limits = Arc::new(Limits::from_config(&cfg.app, a.db_connections));
+    let (stop, shutdown) = tokio::sync::watch::channel(false);
     let st = Arc::new(AppState::new(cfg, dbh));
-    let server = tokio::spawn(api::legacy::serve(listener, st, Arc::new(lg)));
+    let mut servers = tokio::task::JoinSet::new();
+    servers.spawn(api::legacy::serve(
+        listener,
+        limits.clone(),
+        shutdown,
+        st,
+        Arc::new(lg),
+    ));
+    run_until_signal(servers, stop, &limits).await
+}
+
+/// Serve until SIGTERM/SIGINT, then shut down gracefully: stop accepting, let in-flight
+/// requests finish (at most `app.shutdown-timeout`), close idle keep-alives, exit 0.
+async fn run_until_signal(
+    mut servers: tokio::task::JoinSet<()>,
+    stop: tokio::sync::watch::Sender<bool>,
+    limits: &Limits,
+) -> CliResult {
     tokio::select! {
-        _ = server => Err(CliError::Other("server stopped".into())),
-        _ = shutdown_signal() => {
-            tracing::info!("shutting down");
-            Ok(())
-        }
+        _ = servers.join_next() => return Err(CliError::Other("server stopped".into())),
+        _ = shutdown_signal() => {}
     }
+    tracing::info!(
+        "shutting down: no new connections; waiting up to {:?} for {} open connections",
+        limits.shutdown_timeout,
+        limits.open_connections()
+    );
+    let _ = stop.send(true);
+    let drained = tokio::time::timeout(limits.shutdown_timeout, async {
+        while servers.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            "shutdown: {} connections still open after {:?}, closing them",
+            limits.open_connections(),
+            limits.shutdown_timeout
+        );
+    }
+    Ok(())
 }
 
 async fn shutdown_signal() {

@@ -209,6 +209,26 @@ pub struct AppConfig {
     /// bug 17); `false` answers them as upstream answers a required-auth endpoint.
     #[serde(default = "AppConfig::d_anonymous_reads", rename = "anonymous-reads")]
     pub anonymous_reads: bool,
+    /// duffy's own: a client must send a request's whole header within this time of opening
+    /// the connection or of its previous response (hyper's header read timer; slowloris).
+    #[serde(default = "AppConfig::d_header_read", rename = "header-read-timeout")]
+    pub header_read_timeout: ConfigDuration,
+    /// duffy's own: a connection with no request in flight that receives nothing for this
+    /// long is closed (idle keep-alives, connections that never send a byte).
+    #[serde(default = "AppConfig::d_idle", rename = "idle-timeout")]
+    pub idle_timeout: ConfigDuration,
+    /// duffy's own: a request's whole body must arrive within this time of its header, else
+    /// 408 and the connection is closed.
+    #[serde(default = "AppConfig::d_body_read", rename = "body-read-timeout")]
+    pub body_read_timeout: ConfigDuration,
+    /// duffy's own: open client connections (both listeners together); further clients wait
+    /// in the kernel's listen backlog. Default: the open-file limit minus room for the
+    /// database connections and the process's own files (`api::Limits::from_config`).
+    #[serde(default, rename = "max-connections")]
+    pub max_connections: Option<u32>,
+    /// duffy's own: on SIGTERM/SIGINT, how long in-flight requests may take to finish.
+    #[serde(default = "AppConfig::d_shutdown", rename = "shutdown-timeout")]
+    pub shutdown_timeout: ConfigDuration,
     /// duffy's own: bounds on the cost of authentication (bcrypt workers, failure back-off).
     #[serde(default)]
     pub auth: AuthLimits,
@@ -285,6 +305,36 @@ impl AppConfig {
     fn d_port() -> u16 {
         8080
     }
+    fn d_header_read() -> ConfigDuration {
+        ConfigDuration(Duration::from_secs(30))
+    }
+    fn d_idle() -> ConfigDuration {
+        ConfigDuration(Duration::from_secs(15))
+    }
+    fn d_body_read() -> ConfigDuration {
+        ConfigDuration(Duration::from_secs(60))
+    }
+    fn d_shutdown() -> ConfigDuration {
+        ConfigDuration(Duration::from_secs(10))
+    }
+
+    /// The server limits must be positive: a zero timeout or cap would refuse every client.
+    fn check(&self, raw: &RawConfig) -> Result<(), ConfigError> {
+        for (key, d) in [
+            ("app.header-read-timeout", self.header_read_timeout),
+            ("app.idle-timeout", self.idle_timeout),
+            ("app.body-read-timeout", self.body_read_timeout),
+            ("app.shutdown-timeout", self.shutdown_timeout),
+        ] {
+            if d.0.is_zero() {
+                return Err(raw.invalid(key, "expected a duration > 0, got 0"));
+            }
+        }
+        if self.max_connections == Some(0) {
+            return Err(raw.invalid("app.max-connections", "expected an integer > 0, got 0"));
+        }
+        Ok(())
+    }
 }
 
 impl Default for AppConfig {
@@ -297,6 +347,11 @@ impl Default for AppConfig {
             retries: None,
             anonymous_reads: Self::d_anonymous_reads(),
             auth: AuthLimits::default(),
+            header_read_timeout: Self::d_header_read(),
+            idle_timeout: Self::d_idle(),
+            body_read_timeout: Self::d_body_read(),
+            max_connections: None,
+            shutdown_timeout: Self::d_shutdown(),
         }
     }
 }
@@ -815,6 +870,7 @@ impl Config {
         }
         let app: AppConfig = section(&raw, "app")?.unwrap_or_default();
         check_port(&raw, "app.port", app.port)?;
+        app.check(&raw)?;
         if let Some(r) = &app.retries {
             r.check(&raw, "app.retries")?;
         }

@@ -521,6 +521,36 @@ fn wrong_types_in_sections_name_the_key() {
             "expected a number >= 1",
         ),
         (
+            "app: {header-read-timeout: 0}",
+            "app.header-read-timeout",
+            "expected a duration > 0, got 0",
+        ),
+        (
+            "app: {idle-timeout: 0s}",
+            "app.idle-timeout",
+            "expected a duration > 0, got 0",
+        ),
+        (
+            "app: {body-read-timeout: soon}",
+            "app.body-read-timeout",
+            "expected a duration like 6h",
+        ),
+        (
+            "app: {shutdown-timeout: 0}",
+            "app.shutdown-timeout",
+            "expected a duration > 0, got 0",
+        ),
+        (
+            "app: {max-connections: 0}",
+            "app.max-connections",
+            "expected an integer > 0, got 0",
+        ),
+        (
+            "app: {max-connections: -5}",
+            "app.max-connections",
+            "invalid value",
+        ),
+        (
             "defaults: {node-quota: 0}",
             "defaults.node-quota",
             "expected an integer > 0, got 0",
@@ -1585,4 +1615,24 @@ fn inventory_errors_name_the_key() {
     for (text, key, expected) in cases {
         assert_msg(&err(&[("t.yaml", text)]), "t.yaml", key, expected);
     }
+}
+
+#[test]
+fn app_server_limits_default_and_parse() {
+    use std::time::Duration;
+    let c = ok("app: {}");
+    assert_eq!(c.app.header_read_timeout.0, Duration::from_secs(30));
+    assert_eq!(c.app.idle_timeout.0, Duration::from_secs(15));
+    assert_eq!(c.app.body_read_timeout.0, Duration::from_secs(60));
+    assert_eq!(c.app.shutdown_timeout.0, Duration::from_secs(10));
+    assert_eq!(c.app.max_connections, None);
+    let c = ok(
+        "app: {header-read-timeout: 5s, idle-timeout: 1m, body-read-timeout: 90, \
+                shutdown-timeout: 2s, max-connections: 100}",
+    );
+    assert_eq!(c.app.header_read_timeout.0, Duration::from_secs(5));
+    assert_eq!(c.app.idle_timeout.0, Duration::from_secs(60));
+    assert_eq!(c.app.body_read_timeout.0, Duration::from_secs(90));
+    assert_eq!(c.app.shutdown_timeout.0, Duration::from_secs(2));
+    assert_eq!(c.app.max_connections, Some(100));
 }
