@@ -10,16 +10,100 @@ use serde_json::{json, Value};
 
 use super::server::BodyDeadline;
 
-pub type Resp = Response<Full<Bytes>>;
+/// What a body stream may fail with (a streamed body whose database stream broke: hyper
+/// aborts the connection, the client sees a truncated body).
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// A response body: whole ([`full`]) or streamed (`GET /api/v1/nodes`).
+pub type Body = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
+pub type Resp = Response<Body>;
+
+/// `200 {"action": action, key: [item, …]}` with the items streamed from `items` in chunks of
+/// about 64 KB, so that a list is never whole in memory (the bytes are those of
+/// [`json_response`] for the same list). `hold` (a database connection, a permit) lives until
+/// the body ends. An error from `items` aborts the body (logged with its cause): the client
+/// sees a truncated response, never a well-formed partial list.
+pub fn streamed_list<S, T, E, H>(
+    action: &str,
+    key: &str,
+    items: S,
+    hold: H,
+    to_json: fn(&T) -> Value,
+) -> Resp
+where
+    S: futures_util::Stream<Item = Result<T, E>> + Send + Unpin + 'static,
+    E: std::fmt::Display + Send + 'static,
+    T: Send + 'static,
+    H: Send + 'static,
+{
+    use futures_util::StreamExt;
+    const CHUNK: usize = 64 * 1024;
+    let head = format!(
+        "{{\"action\":{},{}:[",
+        serde_json::to_string(action).expect("json"),
+        serde_json::to_string(key).expect("json")
+    );
+    struct St<S, H> {
+        items: S,
+        _hold: H,
+        buf: Vec<u8>,
+        first: bool,
+        done: bool,
+    }
+    let st = St {
+        items,
+        _hold: hold,
+        buf: head.into_bytes(),
+        first: true,
+        done: false,
+    };
+    let chunks = futures_util::stream::unfold(st, move |mut st| async move {
+        if st.done {
+            return None;
+        }
+        while st.buf.len() < CHUNK {
+            match st.items.next().await {
+                Some(Ok(item)) => {
+                    if !st.first {
+                        st.buf.push(b',');
+                    }
+                    st.first = false;
+                    serde_json::to_writer(&mut st.buf, &to_json(&item)).expect("json");
+                }
+                Some(Err(e)) => {
+                    tracing::error!("streaming a list failed, response aborted: {e}");
+                    st.done = true;
+                    let err: BoxError = e.to_string().into();
+                    return Some((Err(err), st));
+                }
+                None => {
+                    st.buf.extend_from_slice(b"]}");
+                    st.done = true;
+                    break;
+                }
+            }
+        }
+        let out = Bytes::from(std::mem::take(&mut st.buf));
+        Some((Ok(hyper::body::Frame::data(out)), st))
+    });
+    let mut r = Response::new(http_body_util::StreamBody::new(chunks).boxed_unsync());
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
+/// A whole body.
+pub fn full(b: impl Into<Bytes>) -> Body {
+    Full::new(b.into())
+        .map_err(|never: std::convert::Infallible| match never {})
+        .boxed_unsync()
+}
 
 /// Largest accepted request body.
 pub const MAX_BODY: usize = 1 << 20;
 
 /// A JSON response.
 pub fn json_response(status: StatusCode, body: &Value) -> Resp {
-    let mut r = Response::new(Full::new(Bytes::from(
-        serde_json::to_vec(body).expect("json"),
-    )));
+    let mut r = Response::new(full(serde_json::to_vec(body).expect("json")));
     *r.status_mut() = status;
     r.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -55,7 +139,7 @@ pub fn slash_redirect(path: &str, query: Option<&str>, host: Option<&str>) -> Op
         target.push_str(q);
     }
     let location = HeaderValue::from_str(&target).ok()?;
-    let mut r = Response::new(Full::new(Bytes::new()));
+    let mut r = Response::new(full(Bytes::new()));
     *r.status_mut() = StatusCode::TEMPORARY_REDIRECT;
     r.headers_mut().insert(hyper::header::LOCATION, location);
     Some(r)
@@ -135,7 +219,7 @@ impl ApiError {
             }
             ApiError::Internal(cause) => {
                 tracing::error!("internal error: {cause}");
-                let mut r = Response::new(Full::new(Bytes::from_static(b"Internal Server Error")));
+                let mut r = Response::new(full(Bytes::from_static(b"Internal Server Error")));
                 *r.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
                 r.headers_mut().insert(
                     CONTENT_TYPE,

@@ -637,7 +637,7 @@ fn docs_page() -> Resp {
 <code>GET /Node/done?key=&amp;ssid=</code>, <code>GET /Node/fail?key=&amp;ssid=</code>, \
 <code>GET /Inventory[?key=]</code>. OpenAPI document: <a href=\"/openapi.json\">/openapi.json</a>.\
 </p></body></html>";
-    let mut r = hyper::Response::new(http_body_util::Full::new(bytes::Bytes::from_static(
+    let mut r = hyper::Response::new(super::http::full(bytes::Bytes::from_static(
         html.as_bytes(),
     )));
     r.headers_mut().insert(
@@ -708,7 +708,7 @@ async fn dispatch(st: &AppState, lg: &Legacy, req: Request<Incoming>) -> Resp {
         Route::NodeFail => node_update(st, lg, &q, false).await,
         Route::Inventory => inventory(st, lg, &q).await,
         Route::OpenApi => {
-            let mut r = hyper::Response::new(http_body_util::Full::new(bytes::Bytes::from_static(
+            let mut r = hyper::Response::new(super::http::full(bytes::Bytes::from_static(
                 OPENAPI.as_bytes(),
             )));
             r.headers_mut()

@@ -36,7 +36,13 @@ pub struct AppState {
     pub auth: AuthCache,
     /// in-flight per-pool level queries, shared by concurrent requests
     pub levels: coalesce::Coalescer<Vec<(crate::state::NodeState, i64)>>,
+    /// turns for the heavy reads (`GET /api/v1/nodes`: every node), [`HEAVY_READS`] at once
+    pub heavy_reads: Arc<tokio::sync::Semaphore>,
 }
+
+/// Heavy reads served at once; more wait for a turn (each one streams, so this bounds the
+/// database work and the buffers, not the answer's size).
+pub const HEAVY_READS: usize = 2;
 
 impl AppState {
     pub fn new(cfg: Config, db: Db) -> AppState {
@@ -45,6 +51,7 @@ impl AppState {
             cfg,
             db,
             levels: coalesce::Coalescer::default(),
+            heavy_reads: Arc::new(tokio::sync::Semaphore::new(HEAVY_READS)),
         }
     }
 

@@ -3,7 +3,6 @@
 //! minimal `/docs` page.
 
 use bytes::Bytes;
-use http_body_util::Full;
 use hyper::header::{HeaderValue, CONTENT_TYPE};
 use hyper::Response;
 use serde_json::{json, Value};
@@ -275,7 +274,7 @@ pub fn docs_page() -> Resp {
     let html = "<!doctype html><html><head><title>duffy API</title></head><body>\
 <h1>duffy REST API v1</h1><p>OpenAPI document: <a href=\"/api/v1/openapi.json\">/api/v1/openapi.json</a> \
 (also at <a href=\"/openapi.json\">/openapi.json</a>).</p></body></html>";
-    let mut r = Response::new(Full::new(Bytes::from_static(html.as_bytes())));
+    let mut r = Response::new(super::http::full(Bytes::from_static(html.as_bytes())));
     r.headers_mut().insert(
         CONTENT_TYPE,
         HeaderValue::from_static("text/html; charset=utf-8"),

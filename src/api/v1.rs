@@ -9,7 +9,9 @@ use hyper::{Method, Request, StatusCode};
 use serde_json::{json, Value};
 
 use super::body::{lax_int, Body};
-use super::http::{json_response, method_not_allowed, path_int, read_json, ApiError, Resp};
+use super::http::{
+    json_response, method_not_allowed, path_int, read_json, streamed_list, ApiError, Resp,
+};
 use super::AppState;
 use crate::alloc::{self, Expiry, NodesSpec, SessionError};
 use crate::db::nodes::{self, NewNode};
@@ -97,13 +99,17 @@ pub async fn route(st: &AppState, req: Request<Incoming>, rest: &[&str]) -> R {
         (["sessions", id], &Method::PUT) => update_session(st, req, id).await,
         (["nodes"], &Method::GET) => {
             check_reader(st, req.headers()).await?;
+            // every node: streamed in constant memory, at most `HEAVY_READS` at once (the
+            // rest wait for a turn instead of each holding the whole list)
+            let turn = st
+                .heavy_reads
+                .clone()
+                .acquire_owned()
+                .await
+                .expect("never closed");
             let c = st.db.get().await?;
-            let list = nodes::list_active(&**c).await?;
-            Ok(ok(
-                "get",
-                "nodes",
-                Value::Array(list.iter().map(node_model).collect()),
-            ))
+            let rows = Box::pin(nodes::stream_active(&**c).await?);
+            Ok(streamed_list("get", "nodes", rows, (c, turn), node_model))
         }
         (["nodes"], &Method::POST) => create_node(st, req).await,
         (["nodes", id], &Method::GET) => {

@@ -408,16 +408,21 @@ pub async fn history(c: &impl GenericClient, node_id: i32) -> Result<Vec<History
         .collect())
 }
 
-/// All non-retired nodes, in id order.
-pub async fn list_active(c: &impl GenericClient) -> Result<Vec<Node>, DbError> {
+/// All non-retired nodes, in id order, as a stream of rows: constant memory whatever the
+/// count. The rows arrive while the caller holds `c`'s connection.
+pub async fn stream_active(
+    c: &impl GenericClient,
+) -> Result<impl futures_util::Stream<Item = Result<Node, DbError>> + Send + 'static, DbError> {
+    use futures_util::StreamExt;
     let rows = c
-        .query(
+        .query_raw(
             &format!("SELECT {COLUMNS} FROM nodes WHERE retired_at IS NULL ORDER BY id"),
-            &[],
+            std::iter::empty::<&(dyn tokio_postgres::types::ToSql + Sync)>(),
         )
         .await?;
-    Ok(rows.iter().map(Node::from).collect())
+    Ok(rows.map(|r| r.map(|r| Node::from(&r)).map_err(DbError::from)))
 }
+
 
 /// Per-state counts of a pool's non-retired nodes.
 pub async fn pool_levels(
