@@ -65,7 +65,8 @@ def main():
 
     for key, label in (("pools", "GET /api/v1/pools"),
                        ("pool", "GET /api/v1/pools/bench-a"),
-                       ("sessions", "GET /api/v1/sessions (basic auth)")):
+                       ("sessions", "GET /api/v1/sessions (basic auth)"),
+                       ("sessions_flood", "GET /api/v1/sessions (basic auth) during a wrong-key flood")):
         rows.append((f"{label}: req/s", g("up", f"{key}.rps"), g("ours", f"{key}.rps"), "higher"))
         rows.append((f"{label}: p50 ms", us("up", f"{key}.p50_us"), us("ours", f"{key}.p50_us"), "lower"))
         rows.append((f"{label}: p99 ms", us("up", f"{key}.p99_us"), us("ours", f"{key}.p99_us"), "lower"))
@@ -73,6 +74,9 @@ def main():
             f"{g(s, key + '.requests')} / {g(s, key + '.non2xx')} / {g(s, key + '.timeout')}"
             if g(s, key + ".requests") is not None else None)
         rows.append((f"{label}: requests / non-2xx / timeouts", errs("up"), errs("ours"), "info"))
+
+    rows.append(("wrong-key flood: achieved req/s", g("up", "flood.rate"), g("ours", "flood.rate"), "info"))
+    rows.append(("wrong-key flood: answers by status", g("up", "flood.statuses"), g("ours", "flood.statuses"), "info"))
 
     c = lambda s, k: g(s, f"cycle.{k}")  # noqa: E731
     rows.append(("create+retire cycle: ok cycles/s", c("up", "ok_cycles_per_s"), c("ours", "ok_cycles_per_s"), "higher"))
@@ -107,6 +111,9 @@ def main():
         print(f"- target GET /api/v1/pools/POOL ≥ 20× upstream req/s: {o_rps / u_rps:.1f}× — {check(o_rps / u_rps >= 20)}")
     if o_p99 is not None:
         print(f"- target GET /api/v1/pools/POOL p99 < 5 ms: {o_p99:.2f} ms — {check(o_p99 < 5)}")
+    o_fp99 = us("ours", "sessions_flood.p99_us")
+    if o_fp99 is not None:
+        print(f"- target valid GET /api/v1/sessions p99 < 50 ms during a wrong-key flood: {o_fp99:.2f} ms — {check(o_fp99 < 50)}")
     if u_cyc and o_cyc is not None:
         print(f"- target session cycle ≥ 10× upstream: {o_cyc / u_cyc:.1f}× — {check(o_cyc / u_cyc >= 10)}")
 

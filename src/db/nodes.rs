@@ -423,7 +423,6 @@ pub async fn stream_active(
     Ok(rows.map(|r| r.map(|r| Node::from(&r)).map_err(DbError::from)))
 }
 
-
 /// Per-state counts of a pool's non-retired nodes.
 pub async fn pool_levels(
     c: &impl GenericClient,
