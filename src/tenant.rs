@@ -380,17 +380,7 @@ pub async fn update_unretiring(
                 id: cur.id,
             });
         }
-        let (row, expired) = q::set_retired(&*tx, cur.id, false).await?;
-        audit::record(
-            &*tx,
-            audit::Entity::Tenant,
-            Some(row.id),
-            "unretire",
-            actor,
-            json!({"sessions_expired": expired}),
-        )
-        .await?;
-        cur = row;
+        cur = set_retired_locked(&*tx, &cur, false, actor).await?;
     }
     if ch.is_empty() {
         tx.commit().await?;
@@ -448,10 +438,23 @@ pub async fn set_retired(
     let Some(cur) = q::by_name_for_update(&*tx, name).await? else {
         return Err(TenantError::NotFound(name.to_string()));
     };
-    let (row, expired) = q::set_retired(&*tx, cur.id, retired).await?;
-    if (cur.retired_at.is_some()) != retired {
+    let row = set_retired_locked(&*tx, &cur, retired, actor).await?;
+    tx.commit().await?;
+    Ok(Tenant::new(row, defaults))
+}
+
+/// Retire or unretire the tenant `cur`, whose row the transaction `c` holds locked; the audit
+/// row is written when the state changes.
+async fn set_retired_locked(
+    c: &impl crate::db::GenericClient,
+    cur: &TenantRow,
+    retired: bool,
+    actor: &str,
+) -> Result<TenantRow, TenantError> {
+    let (row, expired) = q::set_retired(c, cur.id, retired).await?;
+    if cur.retired_at.is_some() != retired {
         audit::record(
-            &*tx,
+            c,
             audit::Entity::Tenant,
             Some(row.id),
             if retired { "retire" } else { "unretire" },
@@ -460,8 +463,7 @@ pub async fn set_retired(
         )
         .await?;
     }
-    tx.commit().await?;
-    Ok(Tenant::new(row, defaults))
+    Ok(row)
 }
 
 /// One tenant by id.

@@ -38,47 +38,21 @@ pub struct Run<'a> {
     pub runs: &'a RunDirs,
 }
 
-/// The secrets among `vars` (the run's extra vars, `duffy_in` included): every scalar under a
-/// key that names a secret ([`crate::secrets::is_secret_key`]: `bmc_password`,
-/// `aws_secret_key`, …), and each long line of a multi-line one (a private key), so that the
-/// job log can mask them line by line.
+/// The secrets among `vars` (the run's extra vars, `duffy_in` included): what
+/// [`crate::secrets::secret_values`] finds (every scalar under a secret-named key:
+/// `bmc_password`, `aws_secret_key`, …), and each long line of a multi-line one (a private
+/// key), so that the job log can mask them line by line.
 pub fn secrets(vars: &Json) -> Vec<String> {
-    fn all(v: &Json, out: &mut Vec<String>) {
-        match v {
-            Json::String(s) if !s.is_empty() => {
-                out.push(s.clone());
-                if s.contains('\n') {
-                    out.extend(
-                        s.lines()
-                            .map(str::trim)
-                            .filter(|l| l.len() >= 8)
-                            .map(str::to_string),
-                    );
-                }
-            }
-            Json::Number(n) => out.push(n.to_string()),
-            Json::Array(a) => a.iter().for_each(|x| all(x, out)),
-            Json::Object(m) => m.values().for_each(|x| all(x, out)),
-            _ => {}
-        }
-    }
-    fn walk(v: &Json, out: &mut Vec<String>) {
-        match v {
-            Json::Object(m) => {
-                for (k, x) in m {
-                    if crate::secrets::is_secret_key(k) {
-                        all(x, out);
-                    } else {
-                        walk(x, out);
-                    }
-                }
-            }
-            Json::Array(a) => a.iter().for_each(|x| walk(x, out)),
-            _ => {}
-        }
-    }
     let mut out = Vec::new();
-    walk(vars, &mut out);
+    crate::secrets::secret_values(vars, &mut out);
+    out.retain(|s| !s.is_empty());
+    let lines: Vec<String> = out
+        .iter()
+        .filter(|s| s.contains('\n'))
+        .flat_map(|s| s.lines().map(str::trim).filter(|l| l.len() >= 8))
+        .map(str::to_string)
+        .collect();
+    out.extend(lines);
     // longest first: a secret that contains another is masked whole
     out.sort_by_key(|s| std::cmp::Reverse(s.len()));
     out.dedup();
@@ -442,6 +416,32 @@ mod tests {
             }),
             contextualize: crate::config::Contextualize::None,
         }
+    }
+
+    #[test]
+    fn secrets_are_the_secret_keys_values_and_their_long_lines() {
+        let v = serde_json::json!({
+            "bmc_password": "pw-1", "note": "not a secret", "empty_token": "",
+            "duffy_in": {"nodes": [{"data": {"ipmi": {"password": 12345}}}]},
+            "ssh_private_key": "-----BEGIN KEY-----\nAAAABBBBCCCC\nshort\n-----END KEY-----",
+        });
+        let s = secrets(&v);
+        for want in [
+            "pw-1",
+            "12345",
+            "AAAABBBBCCCC",
+            "-----BEGIN KEY-----",
+            "-----END KEY-----",
+        ] {
+            assert!(s.iter().any(|x| x == want), "{want} missing from {s:?}");
+        }
+        assert!(!s
+            .iter()
+            .any(|x| x == "not a secret" || x.is_empty() || x == "short"));
+        assert!(
+            s.windows(2).all(|w| w[0].len() >= w[1].len()),
+            "longest first"
+        );
     }
 
     #[test]
