@@ -12,7 +12,6 @@ mod common;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use base64::Engine;
 use common::*;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -37,8 +36,7 @@ fn get(port: u16, from: &str, path: &str, user: &str, key: &str) -> Reply {
             .connect(SocketAddr::from(([127, 0, 0, 1], port)))
             .await
             .unwrap();
-        let auth =
-            base64::engine::general_purpose::STANDARD.encode(format!("{user}:{key}").as_bytes());
+        let auth = basic_credentials(user, key);
         let req = format!(
             "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Basic {auth}\r\nConnection: close\r\n\r\n"
         );

@@ -18,9 +18,9 @@ fn limits_yaml(header: u32, idle: u32, body: u32, extra: &str) -> String {
     )
 }
 
-fn basic(name: &str, key: &str) -> String {
-    use base64::Engine;
-    base64::engine::general_purpose::STANDARD.encode(format!("{name}:{key}"))
+/// The config of the legacy listener on `port` (no tenants mapped).
+fn legacy_listener(port: u16) -> String {
+    format!("metaclient:\n  port: {port}\n  usermap: {{}}\n")
 }
 
 fn connect(port: u16) -> TcpStream {
@@ -110,15 +110,7 @@ const SLOW_HEADER: &[u8] = b"GET /api/v1/pools HTTP/1.1\r\nHost: 127.0.0.1\r\nX-
 fn slowloris_header_is_cut_off_after_the_header_read_timeout() {
     let db = TestDb::migrated();
     let lp = free_port();
-    let cfg = TestConfig::new(
-        &db.url,
-        &limits_yaml(
-            2,
-            30,
-            30,
-            &format!("metaclient:\n  port: {lp}\n  usermap: {{}}\n"),
-        ),
-    );
+    let cfg = TestConfig::new(&db.url, &limits_yaml(2, 30, 30, &legacy_listener(lp)));
     let server = Server::start(&cfg.path);
     // both listeners: the v1 API and the legacy cico API
     for port in [server.port, lp] {
@@ -143,15 +135,7 @@ fn slowloris_header_is_cut_off_after_the_header_read_timeout() {
 fn idle_connections_are_closed_after_the_idle_timeout() {
     let db = TestDb::migrated();
     let lp = free_port();
-    let cfg = TestConfig::new(
-        &db.url,
-        &limits_yaml(
-            60,
-            2,
-            30,
-            &format!("metaclient:\n  port: {lp}\n  usermap: {{}}\n"),
-        ),
-    );
+    let cfg = TestConfig::new(&db.url, &limits_yaml(60, 2, 30, &legacy_listener(lp)));
     let server = Server::start(&cfg.path);
     for (port, path) in [(server.port, "/api/v1/pools"), (lp, "/Inventory")] {
         // a keep-alive connection after one request
@@ -177,7 +161,7 @@ fn trickled_or_oversized_body_is_cut_off() {
     let db = TestDb::migrated();
     let cfg = TestConfig::new(&db.url, &limits_yaml(30, 30, 2, ""));
     let key = create_tenant(&cfg.path, "t1", &[]);
-    let auth = basic("t1", &key);
+    let auth = basic_credentials("t1", &key);
     let server = Server::start(&cfg.path);
 
     // announced 1000 bytes, sent at 1 byte/s: 408 and the connection closes
@@ -315,11 +299,11 @@ fn sigterm_lets_the_in_flight_request_finish_then_exits_0() {
             60,
             60,
             30,
-            &format!("  shutdown-timeout: 60s\nmetaclient:\n  port: {lp}\n  usermap: {{}}\n"),
+            &format!("  shutdown-timeout: 60s\n{}", legacy_listener(lp)),
         ),
     );
     let key = create_tenant(&cfg.path, "t1", &[]);
-    let auth = basic("t1", &key);
+    let auth = basic_credentials("t1", &key);
     let mut server = Server::start(&cfg.path);
     let port = server.port;
 

@@ -30,9 +30,43 @@ fn request(port: u16, method: &str, path: &str, auth: &str, body: &str) -> (u16,
     (status, serde_json::from_str(body).unwrap_or(Value::Null))
 }
 
-fn basic(name: &str, key: &str) -> String {
-    use base64::Engine;
-    base64::engine::general_purpose::STANDARD.encode(format!("{name}:{key}"))
+/// Plays the scheduler: every `deprovisioning` node back to `ready` through the state machine
+/// (`deprovisioning → unused → provisioning → ready`), in one transaction. How many.
+async fn recycle(db: &duffy::db::Db) -> usize {
+    let mut c = db.get().await.unwrap();
+    let tx = c.transaction().await.unwrap();
+    let ids: Vec<i32> = tx
+        .query("SELECT id FROM nodes WHERE state = 'deprovisioning'", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    for (from, to) in [
+        (NodeState::Deprovisioning, NodeState::Unused),
+        (NodeState::Unused, NodeState::Provisioning),
+        (NodeState::Provisioning, NodeState::Ready),
+    ] {
+        nodes::transition_exact(
+            &*tx,
+            &TransitionRequest {
+                node_ids: &ids,
+                from: &[from],
+                to,
+                actor: Actor::Scheduler,
+                reason: Some("stress recycler"),
+                session_id: None,
+                changes: NodeChanges {
+                    data_remove: vec!["nodes_spec".into()],
+                    ..Default::default()
+                },
+            },
+        )
+        .await
+        .unwrap();
+    }
+    tx.commit().await.unwrap();
+    ids.len()
 }
 
 const CLIENTS: usize = 16;
@@ -52,7 +86,7 @@ fn concurrent_allocation_never_double_allocates_or_exceeds_quota() {
         .map(|i| {
             let name = format!("t{i}");
             let key = create_tenant(&cfg.path, &name, &["--node-quota", &QUOTA.to_string()]);
-            (name, basic(&format!("t{i}"), &key))
+            (name, basic_credentials(&format!("t{i}"), &key))
         })
         .collect();
     let servers = [Server::start(&cfg.path), Server::start(&cfg.path)];
@@ -118,40 +152,7 @@ fn concurrent_allocation_never_double_allocates_or_exceeds_quota() {
                 let db = duffy::db::Db::connect(&url, 1).await.unwrap();
                 let mut recycled = 0usize;
                 while !stop.load(Ordering::Relaxed) {
-                    let mut c = db.get().await.unwrap();
-                    let tx = c.transaction().await.unwrap();
-                    let ids: Vec<i32> = tx
-                        .query("SELECT id FROM nodes WHERE state = 'deprovisioning'", &[])
-                        .await
-                        .unwrap()
-                        .iter()
-                        .map(|r| r.get(0))
-                        .collect();
-                    for (from, to) in [
-                        (NodeState::Deprovisioning, NodeState::Unused),
-                        (NodeState::Unused, NodeState::Provisioning),
-                        (NodeState::Provisioning, NodeState::Ready),
-                    ] {
-                        nodes::transition_exact(
-                            &*tx,
-                            &TransitionRequest {
-                                node_ids: &ids,
-                                from: &[from],
-                                to,
-                                actor: Actor::Scheduler,
-                                reason: Some("stress recycler"),
-                                session_id: None,
-                                changes: NodeChanges {
-                                    data_remove: vec!["nodes_spec".into()],
-                                    ..Default::default()
-                                },
-                            },
-                        )
-                        .await
-                        .unwrap();
-                    }
-                    tx.commit().await.unwrap();
-                    recycled += ids.len();
+                    recycled += recycle(&db).await;
                     tokio::time::sleep(std::time::Duration::from_millis(30)).await;
                 }
                 recycled
@@ -321,7 +322,7 @@ fn contextualization_window_survives_concurrent_retires_and_expiries() {
         .map(|i| {
             let name = format!("c{i}");
             let key = create_tenant(&cfg.path, &name, &["--node-quota", "6"]);
-            (name.clone(), basic(&name, &key))
+            (name.clone(), basic_credentials(&name, &key))
         })
         .collect();
     let servers = [Server::start(&cfg.path), Server::start(&cfg.path)];
@@ -387,39 +388,8 @@ fn contextualization_window_survives_concurrent_retires_and_expiries() {
                         }
                     }
                     tx.commit().await.unwrap();
-                    // recycle torn-down nodes
-                    let tx = c.transaction().await.unwrap();
-                    let ids: Vec<i32> = tx
-                        .query("SELECT id FROM nodes WHERE state = 'deprovisioning'", &[])
-                        .await
-                        .unwrap()
-                        .iter()
-                        .map(|r| r.get(0))
-                        .collect();
-                    for (from, to) in [
-                        (NodeState::Deprovisioning, NodeState::Unused),
-                        (NodeState::Unused, NodeState::Provisioning),
-                        (NodeState::Provisioning, NodeState::Ready),
-                    ] {
-                        nodes::transition_exact(
-                            &*tx,
-                            &TransitionRequest {
-                                node_ids: &ids,
-                                from: &[from],
-                                to,
-                                actor: Actor::Scheduler,
-                                reason: Some("stress recycler"),
-                                session_id: None,
-                                changes: NodeChanges {
-                                    data_remove: vec!["nodes_spec".into()],
-                                    ..Default::default()
-                                },
-                            },
-                        )
-                        .await
-                        .unwrap();
-                    }
-                    tx.commit().await.unwrap();
+                    drop(c);
+                    recycle(&db).await;
                     tokio::time::sleep(std::time::Duration::from_millis(30)).await;
                 }
                 (expired, rounds)

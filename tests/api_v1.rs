@@ -71,10 +71,7 @@ impl Resp {
 type Auth<'a> = Option<(&'a str, &'a str)>;
 
 fn basic(user: &str, key: &str) -> String {
-    format!(
-        "Basic {}",
-        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{key}"))
-    )
+    format!("Basic {}", basic_credentials(user, key))
 }
 
 /// Send one request (`Connection: close`) and read the whole response. Every response must

@@ -290,6 +290,12 @@ pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
+/// The credentials of an HTTP `Authorization: Basic …` header: base64 of `name:key`.
+pub fn basic_credentials(name: &str, key: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(format!("{name}:{key}"))
+}
+
 /// A real ed25519 public key for tests.
 pub const SSH_KEY: &str =
     "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFiBq493m1tooYiALmd9PJpwszntYIJ62bvnYyaDsrQA demo@ci";
