@@ -45,23 +45,8 @@ pub const ARTIFACTS_VAR: &str = "artifacts_projects_list";
 pub enum InventoryError {
     #[error("config error: {0}")]
     Config(#[from] ConfigError),
-    #[error("{}", with_sources(.0))]
+    #[error("{}", crate::db::error_chain(.0))]
     Db(#[from] DbError),
-}
-
-/// An error and its causes on one line (`db error: ERROR: relation "nodes" does not exist`).
-fn with_sources(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        let text = s.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        cur = s.source();
-    }
-    out.replace('\n', " ")
 }
 
 impl InventoryError {

@@ -117,8 +117,13 @@ pub async fn status(c: &impl super::GenericClient) -> Result<Status, DbError> {
     Ok(Status {
         upstream_revision: upstream_revision(c).await?,
         duffy_version: duffy_version(c).await?,
-        duffy_latest: DUFFY_MIGRATIONS.last().map(|m| m.0).unwrap_or(0),
+        duffy_latest: latest(),
     })
+}
+
+/// The newest duffy migration this binary has.
+fn latest() -> i32 {
+    DUFFY_MIGRATIONS.last().map(|m| m.0).unwrap_or(0)
 }
 
 /// Refuse a database whose schema is not the one this duffy needs — none at all, an upstream
@@ -129,7 +134,30 @@ pub async fn status(c: &impl super::GenericClient) -> Result<Status, DbError> {
 /// working during a rolling upgrade); an unknown upstream revision is refused outright, as
 /// `duffy migrate` refuses it.
 pub async fn check(c: &impl super::GenericClient, target: &str) -> Result<(), DbError> {
-    let s = status(c).await?;
+    // Every command and module run starts with this check: the usual case (both version tables
+    // there, one upstream revision) in one round trip; anything else through [`status`], which
+    // looks the tables up first and says what is wrong.
+    let usual = c
+        .query_one(
+            "SELECT (SELECT array_agg(version_num::text) FROM alembic_version),
+                    (SELECT max(version) FROM duffy_schema_migrations)",
+            &[],
+        )
+        .await;
+    let s = match usual {
+        Ok(row) => match row.get::<_, Option<Vec<String>>>(0).as_deref() {
+            Some([rev]) => Status {
+                upstream_revision: Some(rev.clone()),
+                duffy_version: row.get(1),
+                duffy_latest: latest(),
+            },
+            _ => status(c).await?,
+        },
+        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) => {
+            status(c).await?
+        }
+        Err(e) => return Err(e.into()),
+    };
     let refuse = |problem: String, fix: &'static str| DbError::NotMigrated {
         target: target.to_string(),
         problem,
