@@ -17,8 +17,9 @@ use crate::db::{audit, Db, DbError};
 use crate::sshkeys::{self, SshKeyError};
 use crate::{apikey, duration, timefmt};
 
-/// Mask shown instead of SSH keys and unchanged API keys.
-pub const MASK: &str = "**********";
+/// Mask shown instead of SSH keys and unchanged API keys: the config's (one mask for the API
+/// and `config check`).
+pub use crate::config::secrets::MASK;
 
 #[derive(Debug, Error)]
 pub enum TenantError {
