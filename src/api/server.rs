@@ -10,8 +10,10 @@
 //!   `http::read_json` answers 408 and closes the connection when the body is not in by then.
 //! * **Cap**: at most [`Limits::max_connections`] connections are open over both listeners; at
 //!   the cap the loop stops accepting, so further clients wait in the kernel's backlog instead of
-//!   costing a descriptor. A failing `accept` (EMFILE, ENFILE, …) backs off and is logged once per
-//!   burst, never spun on.
+//!   costing a descriptor. A failing `accept` (EMFILE, ENFILE, …) backs off and is never spun
+//!   on; a burst of failures (failures with less than [`BURST_QUIET`] between them, successes
+//!   in between or not) is logged twice: when it starts and, once it has been quiet that long,
+//!   how many failures it had ([`AcceptBurst`]).
 //! * **Shutdown**: when [`Shutdown`] turns true the loop stops accepting, every connection is told
 //!   to finish its in-flight request and close (idle ones close at once), and [`serve`] returns
 //!   when the last one is gone; the caller bounds that wait with `app.shutdown-timeout`.
@@ -42,6 +44,45 @@ const FD_HEADROOM: u64 = 64;
 
 /// Pause after a failed `accept` before trying again.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// A burst of `accept` failures ends after this long without one.
+const BURST_QUIET: Duration = Duration::from_secs(1);
+
+/// The failures of the current burst of `accept` failures, for logging one line when it starts
+/// and one when it is over — not one per failure, nor one per recovery between two failures
+/// (a server at its descriptor limit alternates: a descriptor frees, accept works once, fails).
+#[derive(Debug, Default)]
+struct AcceptBurst {
+    failures: u64,
+    last: Option<Instant>,
+}
+
+impl AcceptBurst {
+    /// Count a failure at `now`; true when it starts a burst (log it).
+    fn failed(&mut self, now: Instant) -> bool {
+        let starts = self.failures == 0;
+        self.failures += 1;
+        self.last = Some(now);
+        starts
+    }
+
+    /// When the current burst is over, if there is one.
+    fn quiet_at(&self) -> Option<Instant> {
+        self.last.map(|t| t + BURST_QUIET)
+    }
+
+    /// End the burst at `now` if it has been quiet long enough: its failure count.
+    fn end(&mut self, now: Instant) -> Option<u64> {
+        match self.quiet_at() {
+            Some(t) if now >= t => {
+                let n = self.failures;
+                *self = Self::default();
+                Some(n)
+            }
+            _ => None,
+        }
+    }
+}
 
 /// Turns true when the server should stop (SIGTERM/SIGINT). Dropping the sender stops nothing.
 pub type Shutdown = watch::Receiver<bool>;
@@ -146,27 +187,33 @@ pub async fn serve<F, Fut>(
 {
     // every connection task holds a clone; recv() yields None once all are gone
     let (alive, mut all_closed) = mpsc::channel::<()>(1);
-    let mut failures = 0u64;
+    let mut burst = AcceptBurst::default();
     loop {
         let permit = tokio::select! {
             p = limits.conns.clone().acquire_owned() => p.expect("the semaphore is never closed"),
             _ = stopped(&mut shutdown) => break,
         };
+        let quiet_at = burst.quiet_at();
         let accepted = tokio::select! {
             a = listener.accept() => a,
+            _ = tokio::time::sleep_until(quiet_at.unwrap_or_else(Instant::now)), if quiet_at.is_some() => {
+                if let Some(n) = burst.end(Instant::now()) {
+                    tracing::warn!("accept works again after {n} failures");
+                }
+                continue;
+            }
             _ = stopped(&mut shutdown) => break,
         };
         let (stream, peer) = match accepted {
             Ok(a) => a,
             Err(e) => {
                 // EMFILE/ENFILE/ENOBUFS…: back off; one line per burst
-                if failures == 0 {
+                if burst.failed(Instant::now()) {
                     tracing::warn!(
                         "accept failed: {e} ({} connections open); retrying every {ACCEPT_BACKOFF:?}",
                         limits.open_connections()
                     );
                 }
-                failures += 1;
                 drop(permit);
                 tokio::select! {
                     _ = tokio::time::sleep(ACCEPT_BACKOFF) => continue,
@@ -174,10 +221,6 @@ pub async fn serve<F, Fut>(
                 }
             }
         };
-        if failures > 0 {
-            tracing::warn!("accept works again after {failures} failures");
-            failures = 0;
-        }
         let _ = stream.set_nodelay(true);
         let (h, limits, shutdown, alive) = (
             handler.clone(),
@@ -347,5 +390,31 @@ impl AsyncWrite for Watched {
     }
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_burst_is_logged_once_however_often_accept_recovers_within_it() {
+        let t0 = Instant::now();
+        let ms = |n| t0 + Duration::from_millis(n);
+        let mut b = AcceptBurst::default();
+        assert_eq!(b.quiet_at(), None);
+        assert!(b.failed(ms(0)), "the first failure starts a burst");
+        // accept works once between failures: the burst is not over
+        assert_eq!(b.end(ms(100)), None);
+        assert!(!b.failed(ms(200)));
+        assert!(!b.failed(ms(900)));
+        assert_eq!(b.quiet_at(), Some(ms(900) + BURST_QUIET));
+        assert_eq!(b.end(ms(1800)), None);
+        assert_eq!(b.end(ms(1900)), Some(3));
+        assert_eq!(b.quiet_at(), None);
+        assert!(
+            b.failed(ms(5000)),
+            "a failure after a quiet second starts a new burst"
+        );
     }
 }
