@@ -44,7 +44,7 @@ impl NodeState {
         NodeState::Failed,
     ];
 
-    pub fn as_str(self) -> &'static str {
+    pub const fn as_str(self) -> &'static str {
         match self {
             NodeState::Unused => "unused",
             NodeState::Provisioning => "provisioning",
@@ -56,6 +56,18 @@ impl NodeState {
             NodeState::Failed => "failed",
         }
     }
+
+    /// The names of [`Self::ALL`], in that order (for `const` contexts such as module option
+    /// choices and the OpenAPI enum).
+    pub const NAMES: [&'static str; 8] = {
+        let mut names = [""; 8];
+        let mut i = 0;
+        while i < Self::ALL.len() {
+            names[i] = Self::ALL[i].as_str();
+            i += 1;
+        }
+        names
+    };
 
     /// States counted in a pool's `levels` (compat spec §4.5).
     pub const LEVELS: [NodeState; 5] = [

@@ -566,12 +566,24 @@ json.dump(out, sys.stdout)
     let mut flat_compared = 0;
     for (i, (doc, up)) in docs.iter().zip(&upstream).enumerate() {
         let j = up["json"].as_str().expect("json never fails");
-        assert_eq!(duffy::client::format_json(doc), j, "json of doc {i}");
+        assert_eq!(
+            duffy::output::client::format_json(doc),
+            j,
+            "json of doc {i}"
+        );
         let y = up["yaml"].as_str().expect("yaml never fails");
-        assert_eq!(duffy::client::format_yaml(doc), y, "yaml of doc {i}");
+        assert_eq!(
+            duffy::output::client::format_yaml(doc),
+            y,
+            "yaml of doc {i}"
+        );
         match up["flat"].as_str() {
             Some(f) => {
-                assert_eq!(duffy::client::format_flat(doc), f, "flat of doc {i}");
+                assert_eq!(
+                    duffy::output::client::format_flat(doc),
+                    f,
+                    "flat of doc {i}"
+                );
                 flat_compared += 1;
             }
             // upstream can't flatten arbitrary documents nor errors (bug 25)

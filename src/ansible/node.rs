@@ -24,15 +24,25 @@ use crate::secrets::{self, Redact};
 use crate::state::{self, Actor, NodeState};
 use crate::timefmt;
 
-const STATES: &[&str] = &[
+/// Node states `state` may name (besides `present`/`absent`).
+const TARGET_STATES: [NodeState; 6] = [
+    NodeState::Unused,
+    NodeState::Provisioning,
+    NodeState::Ready,
+    NodeState::Failed,
+    NodeState::Deprovisioning,
+    NodeState::Done,
+];
+
+const STATES: [&str; 8] = [
     "present",
     "absent",
-    "unused",
-    "provisioning",
-    "ready",
-    "failed",
-    "deprovisioning",
-    "done",
+    TARGET_STATES[0].as_str(),
+    TARGET_STATES[1].as_str(),
+    TARGET_STATES[2].as_str(),
+    TARGET_STATES[3].as_str(),
+    TARGET_STATES[4].as_str(),
+    TARGET_STATES[5].as_str(),
 ];
 
 const OPTIONS: &[Opt] = &[
@@ -45,25 +55,17 @@ const OPTIONS: &[Opt] = &[
     Opt::str("comment"),
     Opt::new("data", Type::Dict),
     Opt::str("state")
-        .choices(STATES)
+        .choices(&STATES)
         .default(Dflt::Str("present")),
     Opt::str("reason"),
-    Opt::str("initial_state").choices(&["unused", "ready", "failed"]),
+    Opt::str("initial_state").choices(&[
+        CREATE_STATES[0].as_str(),
+        CREATE_STATES[1].as_str(),
+        CREATE_STATES[2].as_str(),
+    ]),
     Opt::new("from_states", Type::List)
         .elements(Type::Str)
-        .choices(ALL_STATES),
-];
-
-/// Every node state (the choices of `from_states`).
-const ALL_STATES: &[&str] = &[
-    "unused",
-    "provisioning",
-    "ready",
-    "contextualizing",
-    "deployed",
-    "deprovisioning",
-    "done",
-    "failed",
+        .choices(&NodeState::NAMES),
 ];
 
 pub const MODULE: Module = Module {

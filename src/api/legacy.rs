@@ -33,11 +33,13 @@ use serde_json::{json, Value};
 use tokio::net::TcpListener;
 
 use super::auth;
+use super::body::lax_int_str;
 use super::http::{json_response, validation_item, ApiError, Resp};
 use super::AppState;
 use crate::alloc::{self, Expiry, NodesSpec};
 use crate::config::{Config, ConfigError, MetaclientConfig, RawConfig};
 use crate::jinja::jinja2_env;
+use crate::percent;
 use crate::tenant::Tenant;
 
 /// Upstream's legacy bodies.
@@ -269,70 +271,9 @@ fn query_params(q: Option<&str>) -> HashMap<String, String> {
             continue;
         }
         let (k, v) = part.split_once('=').unwrap_or((part, ""));
-        m.insert(unquote_plus(k), unquote_plus(v));
+        m.insert(percent::decode_form(k), percent::decode_form(v));
     }
     m
-}
-
-fn unquote_plus(s: &str) -> String {
-    fn hex(c: u8) -> Option<u8> {
-        (c as char).to_digit(16).map(|d| d as u8)
-    }
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'+' => {
-                out.push(b' ');
-                i += 1;
-            }
-            b'%' if i + 2 < b.len() => match (hex(b[i + 1]), hex(b[i + 2])) {
-                (Some(h), Some(l)) => {
-                    out.push(h * 16 + l);
-                    i += 3;
-                }
-                _ => {
-                    out.push(b'%');
-                    i += 1;
-                }
-            },
-            c => {
-                out.push(c);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-/// An integer as pydantic 2 parses a string in lax mode (query and path parameters): surrounding
-/// whitespace, a sign, `_` between digits and a fraction of zeros (`"1.0"`) are accepted.
-/// Values beyond `i64` saturate (every consumer rejects them anyway).
-pub fn pydantic_int(s: &str) -> Option<i64> {
-    let t = s.trim();
-    let (neg, body) = match t.as_bytes().first() {
-        Some(b'-') => (true, &t[1..]),
-        Some(b'+') => (false, &t[1..]),
-        _ => (false, t),
-    };
-    let int = match body.split_once('.') {
-        Some((i, f)) if !f.is_empty() && f.bytes().all(|c| c == b'0') => i,
-        Some(_) => return None,
-        None => body,
-    };
-    if int.is_empty()
-        || int.starts_with('_')
-        || int.ends_with('_')
-        || int.contains("__")
-        || !int.bytes().all(|c| c.is_ascii_digit() || c == b'_')
-    {
-        return None;
-    }
-    let v = int.bytes().filter(|c| *c != b'_').fold(0i64, |v, c| {
-        v.saturating_mul(10).saturating_add(i64::from(c - b'0'))
-    });
-    Some(if neg { -v } else { v })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -421,7 +362,7 @@ async fn node_get(st: &AppState, lg: &Legacy, q: &HashMap<String, String>) -> Re
     let flavor = q.get("flavor").map(String::as_str);
     let count = match q.get("count") {
         None => 1,
-        Some(s) => match pydantic_int(s) {
+        Some(s) => match lax_int_str(s) {
             Some(n) => n,
             None => {
                 return ApiError::Validation(vec![validation_item(
@@ -509,7 +450,7 @@ async fn node_update(
     // what `PUT /api/v1/sessions/{ssid}` with `{"active": false}` / `{"expires_at": "+6h"}` does
     let result: Result<(), ApiError> = async {
         let tenant = v1_auth(st, name, key).await?;
-        let id = pydantic_int(ssid)
+        let id = lax_int_str(ssid)
             .and_then(|n| i32::try_from(n).ok())
             .ok_or_else(|| {
                 ApiError::Validation(vec![validation_item(
@@ -910,34 +851,5 @@ mod tests {
         assert_eq!(q["bad"], "%zz%4");
         assert_eq!(q["u"], "é\u{fffd}");
         assert!(query_params(None).is_empty());
-    }
-
-    #[test]
-    fn integers_parse_like_pydantic() {
-        // accepted / rejected as pydantic 2.11 TypeAdapter(int).validate_python(str)
-        for (s, v) in [
-            ("1", 1),
-            (" 1 ", 1),
-            ("1.0", 1),
-            ("+1", 1),
-            ("-1", -1),
-            ("1_000", 1000),
-            ("00012", 12),
-            ("\t2\n", 2),
-            ("1.00000", 1),
-            ("-0", 0),
-            ("1_0.0", 10),
-            ("00.00", 0),
-            ("\u{a0}1\u{a0}", 1),
-            ("99999999999999999999", i64::MAX),
-        ] {
-            assert_eq!(pydantic_int(s), Some(v), "{s:?}");
-        }
-        for s in [
-            "1.5", "0x10", "１", "1e3", "", "1.", ".0", " ", "1__0", "_1", "1_", "nan", "+-1",
-            "1 0", "1.0_0", "1\0", "-", "+", "0.", "1.0.0", "٣",
-        ] {
-            assert_eq!(pydantic_int(s), None, "{s:?}");
-        }
     }
 }

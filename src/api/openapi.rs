@@ -8,6 +8,7 @@ use hyper::Response;
 use serde_json::{json, Value};
 
 use super::http::Resp;
+use crate::state::NodeState;
 
 fn nullable(t: &str) -> Value {
     json!({"type": [t, "null"]})
@@ -56,6 +57,10 @@ fn duration_parts() -> String {
 
 /// The document.
 pub fn document() -> Value {
+    let level_props: serde_json::Map<String, Value> = NodeState::LEVELS
+        .iter()
+        .map(|s| (s.as_str().to_owned(), json!({"type": "integer"})))
+        .collect();
     let timestamps = json!({
         "retired_at": {"type": ["string", "null"], "format": "date-time"},
         "active": {"type": "boolean"},
@@ -133,7 +138,7 @@ pub fn document() -> Value {
                                    "msg": {"type": "string"}, "type": {"type": "string"}}},
                 "HTTPValidationError": {"type": "object", "properties": {"detail": {"anyOf": [
                     {"type": "array", "items": {"$ref": "#/components/schemas/ValidationError"}}, {"type": "string"}]}}},
-                "NodeState": {"type": "string", "enum": ["unused", "provisioning", "ready", "contextualizing", "deployed", "deprovisioning", "done", "failed"]},
+                "NodeState": {"type": "string", "enum": NodeState::NAMES},
                 "NodesSpec": {"type": "object", "required": ["quantity", "pool"],
                     "properties": {"quantity": {"type": "integer", "minimum": 1, "maximum": i32::MAX}, "pool": {"type": "string"}}},
                 "SessionCreateModel": {"type": "object", "required": ["nodes_specs"],
@@ -178,10 +183,7 @@ pub fn document() -> Value {
                     "properties": {"name": {"type": "string"}, "fill-level": {"type": "integer"}}},
                 "PoolVerboseModel": {"type": "object", "required": ["name", "fill-level", "levels"],
                     "properties": {"name": {"type": "string"}, "fill-level": {"type": "integer"},
-                                   "levels": {"type": "object", "properties": {
-                                       "provisioning": {"type": "integer"}, "ready": {"type": "integer"},
-                                       "contextualizing": {"type": "integer"}, "deployed": {"type": "integer"},
-                                       "deprovisioning": {"type": "integer"}}}}},
+                                   "levels": {"type": "object", "properties": level_props}}},
                 "SessionResult": {"type": "object", "required": ["action", "session"],
                     "properties": {"action": {"type": "string"}, "session": {"$ref": "#/components/schemas/SessionModel"}}},
                 "SessionResultCollection": {"type": "object", "required": ["action", "sessions"],

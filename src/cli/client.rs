@@ -12,6 +12,7 @@ use super::{CliError, CliResult};
 use crate::client::{self, Client, ClientError, NodesSpec};
 use crate::config::Config;
 use crate::db;
+use crate::output;
 
 const AFTER_HELP: &str = "\
 Configuration: the `client` section of duffy's configuration (`-c FILE|DIR`, else \
@@ -198,9 +199,9 @@ pub fn run(a: ClientArgs, cfg: &Config) -> CliResult {
 /// commands print nothing at all for an empty result.
 fn print_result(result: &Value, format: ClientFormat, list: bool) -> CliResult {
     let text = match format {
-        ClientFormat::Json => client::format_json(result),
-        ClientFormat::Yaml => client::format_yaml(result),
-        ClientFormat::Flat => client::format_flat(result),
+        ClientFormat::Json => output::client::format_json(result),
+        ClientFormat::Yaml => output::client::format_yaml(result),
+        ClientFormat::Flat => output::client::format_flat(result),
     };
     let mut out = std::io::stdout().lock();
     let mut write = || -> std::io::Result<()> {

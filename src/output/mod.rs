@@ -1,8 +1,12 @@
 //! Output documents in upstream `duffy client`'s formats (compat spec §6.4):
 //! `json` (Python `json.dumps`: one line for `duffy admin`, `indent=4` for `duffy client`;
 //! non-ASCII escaped, key order kept, Python float repr),
-//! `yaml` (block style, keys sorted, followed by an empty line) and `flat` (`key=value` pairs,
-//! shell-quoted strings, `TRUE`/`FALSE`, nested keys joined with `_`).
+//! `yaml` (PyYAML's `yaml.dump`: [`pyyaml`]) and `flat` (`key=value` pairs, shell-quoted
+//! strings, `TRUE`/`FALSE`, nested keys joined with `_`). [`client`] has upstream `duffy
+//! client`'s documents built from these; `duffy admin` prints the generic ones below.
+
+pub mod client;
+pub mod pyyaml;
 
 use std::io;
 
@@ -199,25 +203,9 @@ pub fn python_float(f: f64) -> String {
     }
 }
 
-fn sorted(v: &Value) -> serde_yaml::Value {
-    match v {
-        Value::Object(m) => {
-            let mut keys: Vec<&String> = m.keys().collect();
-            keys.sort();
-            let mut out = serde_yaml::Mapping::new();
-            for k in keys {
-                out.insert(serde_yaml::Value::from(k.clone()), sorted(&m[k]));
-            }
-            serde_yaml::Value::Mapping(out)
-        }
-        Value::Array(a) => serde_yaml::Value::Sequence(a.iter().map(sorted).collect()),
-        other => serde_yaml::to_value(other).unwrap_or(serde_yaml::Value::Null),
-    }
-}
-
-/// Block YAML with sorted keys, followed by an empty line.
+/// PyYAML's `yaml.dump` (block style, keys sorted), followed by an empty line.
 pub fn to_yaml(v: &Value) -> String {
-    let mut s = serde_yaml::to_string(&sorted(v)).unwrap_or_default();
+    let mut s = pyyaml::dump(v);
     s.push('\n');
     s
 }
@@ -227,13 +215,22 @@ pub fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', "'\"'\"'"))
 }
 
-/// One flat value.
+/// `str()` of a JSON number as Python's `json.loads` would have typed it.
+fn python_number(n: &serde_json::Number) -> String {
+    if n.is_f64() {
+        python_float(n.as_f64().unwrap_or(0.0))
+    } else {
+        n.to_string()
+    }
+}
+
+/// One flat value (upstream's `DuffyFlatFormatter.format_key_value`).
 pub fn flat_value(v: &Value) -> String {
     match v {
         Value::Null => String::new(),
         Value::Bool(true) => "TRUE".into(),
         Value::Bool(false) => "FALSE".into(),
-        Value::Number(n) => n.to_string(),
+        Value::Number(n) => python_number(n),
         Value::String(s) => shell_quote(s),
         other => shell_quote(&other.to_string()),
     }
