@@ -357,9 +357,7 @@ pub async fn read_json(req: Request<Incoming>) -> Result<Value, ApiError> {
         )]));
     }
     if !json {
-        return Err(super::body::not_an_object(json!(String::from_utf8_lossy(
-            &body
-        ))));
+        return Err(not_an_object(json!(String::from_utf8_lossy(&body))));
     }
     let v = serde_json::from_slice(&body).map_err(|e| {
         ApiError::Validation(vec![json!({
@@ -374,12 +372,22 @@ pub async fn read_json(req: Request<Incoming>) -> Result<Value, ApiError> {
     Ok(v)
 }
 
+/// FastAPI's 422 for a body that is not a JSON object (or was not parsed as JSON at all).
+pub fn not_an_object(input: Value) -> ApiError {
+    ApiError::Validation(vec![validation_item(
+        "model_attributes_type",
+        json!(["body"]),
+        "Input should be a valid dictionary or object to extract fields from",
+        input,
+    )])
+}
+
 /// Parse an integer path parameter (leniently, like Pydantic); not an integer → 422
 /// `int_parsing` at `["path", name]`. An integer outside the `integer` column range names no
 /// row: 404.
 pub fn path_int(s: &str, name: &str) -> Result<i32, ApiError> {
     let raw = json!(s);
-    match super::body::lax_int(&raw) {
+    match super::lax::lax_int(&raw) {
         Ok(n) => i32::try_from(n).map_err(|_| ApiError::not_found()),
         Err((kind, msg)) => Err(ApiError::Validation(vec![validation_item(
             kind,

@@ -9,6 +9,7 @@ mod auth;
 mod body;
 pub mod coalesce;
 pub mod http;
+mod lax;
 pub mod legacy;
 pub mod openapi;
 pub mod server;

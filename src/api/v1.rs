@@ -8,10 +8,11 @@ use hyper::body::Incoming;
 use hyper::{Method, Request, StatusCode};
 use serde_json::{json, Value};
 
-use super::body::{lax_int, Body};
+use super::body::Body;
 use super::http::{
     json_response, method_not_allowed, path_int, read_json, streamed_list, ApiError, Resp,
 };
+use super::lax::lax_int;
 use super::AppState;
 use crate::alloc::{self, Expiry, NodesSpec, SessionError};
 use crate::db::nodes::{self, NewNode};
