@@ -412,12 +412,8 @@ async fn remove_pool(
     }
     let mut conn = db.get().await?;
     let tx = conn.transaction().await.map_err(crate::db::DbError::from)?;
-    tx.execute(
-        "SELECT pg_advisory_xact_lock(hashtext('duffy remove-pool ' || $1))",
-        &[&pool],
-    )
-    .await
-    .map_err(crate::db::DbError::from)?;
+    // the scheduler's fill lock of this pool: no fill runs while its rows go
+    crate::db::jobs::lock_pool_fill(&*tx, pool).await?;
     let active = pools::active_sessions(&*tx, pool).await?;
     if !active.is_empty() {
         return Err(CliError::Failed {

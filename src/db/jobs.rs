@@ -297,6 +297,12 @@ pub async fn lock(c: &impl GenericClient, key: &str) -> Result<(), DbError> {
     Ok(())
 }
 
+/// The lock of `pool`'s fill ([`lock`]): the scheduler's fill and `duffy admin remove-pool`
+/// never touch one pool's rows at once.
+pub async fn lock_pool_fill(c: &impl GenericClient, pool: &str) -> Result<(), DbError> {
+    lock(c, &format!("fill:{pool}")).await
+}
+
 /// A pool's fill count: non-retired nodes `ready` or `provisioning`, plus `failed` nodes that an
 /// open provision job will retry.
 pub async fn fill_count(c: &impl GenericClient, pool: &str) -> Result<i64, DbError> {

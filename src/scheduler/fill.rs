@@ -84,7 +84,7 @@ pub async fn fill_pool(s: &Scheduler, pool: &Pool) -> Result<usize, SchedulerErr
     };
     let mut conn = s.db.get().await?;
     let tx = conn.transaction().await?;
-    jobs::lock(&*tx, &format!("fill:{}", pool.name)).await?;
+    jobs::lock_pool_fill(&*tx, &pool.name).await?;
     let current = jobs::fill_count(&*tx, &pool.name).await?;
     let need = i64::from(level) - current;
     if need <= 0 {
