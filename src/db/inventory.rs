@@ -119,16 +119,17 @@ pub async fn connect(url: &str, timeout: Duration) -> Result<Client, DbError> {
         cfg.connect_timeout(timeout);
     }
     let target = describe(&cfg);
-    let fail = |msg: String| DbError::Connect {
-        target: target.clone(),
-        msg,
-    };
-    let connector = super::tls::connector(&tls).map_err(fail)?;
+    let connector = super::tls::connector(&tls).map_err(|e| DbError::connect(&target, e))?;
     // connect_timeout bounds each connection attempt; this bounds the whole handshake
     let (client, conn) = match tokio::time::timeout(timeout, cfg.connect(connector)).await {
         Ok(Ok(pair)) => pair,
         Ok(Err(e)) => return Err(super::connect_error(&target, &e)),
-        Err(_) => return Err(fail(format!("timed out after {timeout:?}"))),
+        Err(_) => {
+            return Err(DbError::connect(
+                &target,
+                format!("timed out after {timeout:?}"),
+            ))
+        }
     };
     tokio::spawn(conn);
     Ok(client)

@@ -483,10 +483,7 @@ pub async fn listen(url: &str, channel: &str) -> Result<Listener, DbError> {
     use futures_util::future::poll_fn;
     let (cfg, tls) = super::url::parse_tls(url)?;
     let target = super::describe(&cfg);
-    let connector = super::tls::connector(&tls).map_err(|msg| DbError::Connect {
-        target: target.clone(),
-        msg,
-    })?;
+    let connector = super::tls::connector(&tls).map_err(|e| DbError::connect(&target, e))?;
     let (client, mut conn) = cfg
         .connect(connector)
         .await

@@ -50,6 +50,16 @@ pub enum DbError {
     },
 }
 
+impl DbError {
+    /// A connection to `target` that could not even be tried or made.
+    pub fn connect(target: &str, e: impl std::fmt::Display) -> Self {
+        DbError::Connect {
+            target: target.to_string(),
+            msg: e.to_string(),
+        }
+    }
+}
+
 impl From<tokio_postgres::Error> for DbError {
     fn from(e: tokio_postgres::Error) -> Self {
         DbError::Pg(e)
@@ -131,10 +141,7 @@ pub(crate) fn connect_error(target: &str, e: &tokio_postgres::Error) -> DbError 
             fix: "to create it",
         };
     }
-    DbError::Connect {
-        target: target.to_string(),
-        msg: error_chain(e),
-    }
+    DbError::connect(target, error_chain(e))
 }
 
 /// An error and its sources on one line (`error performing TLS handshake: invalid peer
@@ -184,10 +191,7 @@ impl Db {
     pub async fn connect(url: &str, max_size: usize) -> Result<Db, DbError> {
         let (cfg, tls) = url::parse_tls(url)?;
         let target = describe(&cfg);
-        let connector = tls::connector(&tls).map_err(|msg| DbError::Connect {
-            target: target.clone(),
-            msg,
-        })?;
+        let connector = tls::connector(&tls).map_err(|e| DbError::connect(&target, e))?;
         let mgr = Manager::from_config(
             cfg,
             connector,
@@ -198,10 +202,7 @@ impl Db {
         let pool = Pool::builder(mgr)
             .max_size(max_size.max(1))
             .build()
-            .map_err(|e| DbError::Connect {
-                target: target.clone(),
-                msg: e.to_string(),
-            })?;
+            .map_err(|e| DbError::connect(&target, e))?;
         let db = Db { pool, target };
         drop(db.get().await?);
         Ok(db)
@@ -222,10 +223,7 @@ impl Db {
     pub async fn get(&self) -> Result<deadpool_postgres::Object, DbError> {
         self.pool.get().await.map_err(|e| match e {
             deadpool_postgres::PoolError::Backend(pg) => connect_error(&self.target, &pg),
-            other => DbError::Connect {
-                target: self.target.clone(),
-                msg: other.to_string(),
-            },
+            other => DbError::connect(&self.target, other),
         })
     }
 
@@ -247,17 +245,11 @@ pub async fn ensure_database(url: &str) -> Result<bool, DbError> {
     let mut admin = cfg.clone();
     admin.dbname("postgres");
     let target = describe(&admin);
-    let connector = tls::connector(&tls).map_err(|msg| DbError::Connect {
-        target: target.clone(),
-        msg,
-    })?;
+    let connector = tls::connector(&tls).map_err(|e| DbError::connect(&target, e))?;
     let (client, conn) = admin
         .connect(connector)
         .await
-        .map_err(|e| DbError::Connect {
-            target,
-            msg: error_chain(&e),
-        })?;
+        .map_err(|e| DbError::connect(&target, error_chain(&e)))?;
     let task = tokio::spawn(conn);
     let exists = client
         .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&name])

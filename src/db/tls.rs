@@ -69,23 +69,34 @@ fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-fn roots(file: Option<&Path>) -> Result<RootCertStore, String> {
+/// Why no TLS connector could be set up (before any connection is tried).
+#[derive(Debug, thiserror::Error)]
+pub enum TlsSetupError {
+    /// `sslrootcert` cannot be read or holds no usable certificate.
+    #[error("sslrootcert {}: {msg}", path.display())]
+    RootCert { path: PathBuf, msg: String },
+    #[error("TLS roots: {0}")]
+    Roots(String),
+    #[error("TLS: {0}")]
+    Config(String),
+}
+
+fn roots(file: Option<&Path>) -> Result<RootCertStore, TlsSetupError> {
     let mut roots = RootCertStore::empty();
     if let Some(f) = file {
-        let pem = std::fs::read(f).map_err(|e| format!("sslrootcert {}: {e}", f.display()))?;
+        let bad = |msg: String| TlsSetupError::RootCert {
+            path: f.to_path_buf(),
+            msg,
+        };
+        let pem = std::fs::read(f).map_err(|e| bad(e.to_string()))?;
         let mut n = 0;
         for cert in CertificateDer::pem_slice_iter(&pem) {
-            let cert = cert.map_err(|e| format!("sslrootcert {}: {e}", f.display()))?;
-            roots
-                .add(cert)
-                .map_err(|e| format!("sslrootcert {}: {e}", f.display()))?;
+            let cert = cert.map_err(|e| bad(e.to_string()))?;
+            roots.add(cert).map_err(|e| bad(e.to_string()))?;
             n += 1;
         }
         if n == 0 {
-            return Err(format!(
-                "sslrootcert {}: no PEM certificate in it",
-                f.display()
-            ));
+            return Err(bad("no PEM certificate in it".into()));
         }
     } else {
         let native = rustls_native_certs::load_native_certs();
@@ -98,7 +109,7 @@ fn roots(file: Option<&Path>) -> Result<RootCertStore, String> {
 }
 
 /// The connector for `tls` (used for every mode: with `disable` it is never asked).
-pub fn connector(tls: &Tls) -> Result<MakeRustlsConnect, String> {
+pub fn connector(tls: &Tls) -> Result<MakeRustlsConnect, TlsSetupError> {
     let provider = provider();
     let verify_chain = matches!(tls.mode, SslMode::VerifyCa | SslMode::VerifyFull)
         || (tls.mode == SslMode::Require && tls.root_cert.is_some());
@@ -109,7 +120,7 @@ pub fn connector(tls: &Tls) -> Result<MakeRustlsConnect, String> {
                 provider.clone(),
             )
             .build()
-            .map_err(|e| format!("TLS roots: {e}"))?,
+            .map_err(|e| TlsSetupError::Roots(e.to_string()))?,
         )
     } else {
         None
@@ -121,7 +132,7 @@ pub fn connector(tls: &Tls) -> Result<MakeRustlsConnect, String> {
     });
     let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|e| format!("TLS: {e}"))?
+        .map_err(|e| TlsSetupError::Config(e.to_string()))?
         .dangerous()
         .with_custom_certificate_verifier(verifier)
         .with_no_client_auth();
