@@ -66,7 +66,8 @@ def main():
     for key, label in (("pools", "GET /api/v1/pools"),
                        ("pool", "GET /api/v1/pools/bench-a"),
                        ("sessions", "GET /api/v1/sessions (basic auth)"),
-                       ("sessions_flood", "GET /api/v1/sessions (basic auth) during a wrong-key flood")):
+                       ("sessions_flood", "GET /api/v1/sessions (basic auth) during a wrong-key flood"),
+                       ("pool_idle", "GET /api/v1/pools/bench-a beside 2 000 idle + 16 slowloris connections")):
         rows.append((f"{label}: req/s", g("up", f"{key}.rps"), g("ours", f"{key}.rps"), "higher"))
         rows.append((f"{label}: p50 ms", us("up", f"{key}.p50_us"), us("ours", f"{key}.p50_us"), "lower"))
         rows.append((f"{label}: p99 ms", us("up", f"{key}.p99_us"), us("ours", f"{key}.p99_us"), "lower"))
@@ -77,6 +78,17 @@ def main():
 
     rows.append(("wrong-key flood: achieved req/s", g("up", "flood.rate"), g("ours", "flood.rate"), "info"))
     rows.append(("wrong-key flood: answers by status", g("up", "flood.statuses"), g("ours", "flood.statuses"), "info"))
+
+    i = lambda s, k: g(s, f"idle.{k}")  # noqa: E731
+    opened = lambda s: (f"{i(s, 'idle_opened')} + {i(s, 'slowloris_opened')} (failed: {i(s, 'open_failed')})"  # noqa: E731
+                        if i(s, "idle_opened") is not None else None)
+    rows.append(("idle + slowloris connections opened", opened("up"), opened("ours"), "info"))
+    shut = lambda s: (f"{i(s, 'idle_closed_by_server')} / {i(s, 'slowloris_closed_by_server')}"  # noqa: E731
+                      if i(s, "idle_opened") is not None else None)
+    rows.append(("… closed by the server during the hold (idle / slowloris)", shut("up"), shut("ours"), "info"))
+    fds = lambda s: (f"{i(s, 'fds_before')} / {i(s, 'fds_during')} / {i(s, 'fds_after')}"  # noqa: E731
+                     if i(s, "fds_before") is not None else None)
+    rows.append(("server descriptors before / during / after", fds("up"), fds("ours"), "info"))
 
     c = lambda s, k: g(s, f"cycle.{k}")  # noqa: E731
     rows.append(("create+retire cycle: ok cycles/s", c("up", "ok_cycles_per_s"), c("ours", "ok_cycles_per_s"), "higher"))
@@ -114,6 +126,12 @@ def main():
     o_fp99 = us("ours", "sessions_flood.p99_us")
     if o_fp99 is not None:
         print(f"- target valid GET /api/v1/sessions p99 < 50 ms during a wrong-key flood: {o_fp99:.2f} ms — {check(o_fp99 < 50)}")
+    o_ip99 = us("ours", "pool_idle.p99_us")
+    if o_ip99 is not None:
+        print(f"- target a normal request < 50 ms beside 2 000 idle connections and slowloris clients (p99): {o_ip99:.2f} ms — {check(o_ip99 < 50)}")
+        b, a = num(i("ours", "fds_before")), num(i("ours", "fds_after"))
+        if b is not None and a is not None:
+            print(f"- target descriptors back to idle after they go: {int(b)} → {int(a)} — {check(a <= b)}")
     if u_cyc and o_cyc is not None:
         print(f"- target session cycle ≥ 10× upstream: {o_cyc / u_cyc:.1f}× — {check(o_cyc / u_cyc >= 10)}")
 
