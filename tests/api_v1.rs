@@ -2761,6 +2761,61 @@ fn retiring_a_session_during_contextualization_leaks_no_node() {
     );
 }
 
+/// Issue 12: a fault between commit and answer (the server killed once the session committed,
+/// the answer lost): the committed session is whole, and the retry with its key gets it.
+#[test]
+fn a_crash_between_commit_and_answer_loses_nothing_and_the_retry_gets_that_session() {
+    let mut env = Env::new(&pools_yaml(&[("p1", 4)]), |db| {
+        add_ready_nodes(db, "p1", 4, 6)
+    });
+    let alice = env.tenant("alice", &[]);
+    let body = serde_json::to_vec(&specs(&[("p1", 2)])).unwrap();
+    let request = |port: u16| {
+        let mut req = format!(
+            "POST /api/v1/sessions HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\
+             Authorization: {}\r\nContent-Type: application/json\r\n\
+             Idempotency-Key: ci-job-42\r\nContent-Length: {}\r\n\r\n",
+            basic("alice", &alice),
+            body.len()
+        )
+        .into_bytes();
+        req.extend_from_slice(&body);
+        req
+    };
+    // The client's answer is lost: the server is SIGKILLed the moment its answer is readable,
+    // that is after the session's transaction committed and before the client read a byte.
+    let mut s = TcpStream::connect(("127.0.0.1", env.srv.port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    s.write_all(&request(env.srv.port)).unwrap();
+    let mut first = [0u8; 1];
+    assert_eq!(s.peek(&mut first).expect("an answer starts"), 1);
+    env.srv.child.kill().unwrap();
+    env.srv.child.wait().unwrap();
+    drop(s);
+    // what committed is whole: one session, its two nodes deployed, nothing half-written
+    assert_eq!(env.count("SELECT count(*) FROM sessions WHERE retired_at IS NULL"), 1);
+    assert_eq!(
+        env.count("SELECT count(*) FROM sessions_nodes sn JOIN nodes n ON n.id = sn.node_id WHERE n.state = 'deployed'"),
+        2
+    );
+    assert_eq!(env.states("p1"), ["deployed", "deployed", "ready", "ready"]);
+    // a new server; the client retries with the same key and gets that session, not a second
+    env.srv = Server::start(&env.cfg.path);
+    let port = env.srv.port;
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    s.write_all(&request(port)).unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).unwrap();
+    assert!(raw.starts_with("HTTP/1.1 201 "), "{raw}\n{}", env.srv.log());
+    let retried: Value = serde_json::from_str(raw.split_once("\r\n\r\n").unwrap().1).unwrap();
+    let committed = env.scalar("SELECT id FROM sessions WHERE retired_at IS NULL");
+    assert_eq!(retried["session"]["id"].to_string(), committed);
+    assert_eq!(retried["session"]["nodes"].as_array().unwrap().len(), 2);
+    assert_eq!(env.count("SELECT count(*) FROM sessions"), 1);
+    assert_eq!(env.states("p1"), ["deployed", "deployed", "ready", "ready"]);
+}
+
 /// Issue 12: `Idempotency-Key` on `POST /sessions`: a client that lost the answer (a restart,
 /// a killed server) retries with the same key and gets the session its first request made,
 /// never a second one; keys are per tenant; a bad key is a 422 naming the header.
