@@ -44,6 +44,14 @@
 
 use serde_json::Value;
 
+/// How duffy shows a hidden value in its own output (API bodies, `duffy admin`, `config check`):
+/// upstream's ten stars.
+pub const MASK: &str = "**********";
+
+/// How a hidden value looks in what Ansible shows (module results, playbook logs): Ansible's
+/// `remove_values` eight stars.
+pub const ANSIBLE_MASK: &str = "********";
+
 /// What [`redact`] does with the value of a secret-named key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Redact<'a> {

@@ -2793,7 +2793,10 @@ fn a_crash_between_commit_and_answer_loses_nothing_and_the_retry_gets_that_sessi
     env.srv.child.wait().unwrap();
     drop(s);
     // what committed is whole: one session, its two nodes deployed, nothing half-written
-    assert_eq!(env.count("SELECT count(*) FROM sessions WHERE retired_at IS NULL"), 1);
+    assert_eq!(
+        env.count("SELECT count(*) FROM sessions WHERE retired_at IS NULL"),
+        1
+    );
     assert_eq!(
         env.count("SELECT count(*) FROM sessions_nodes sn JOIN nodes n ON n.id = sn.node_id WHERE n.state = 'deployed'"),
         2

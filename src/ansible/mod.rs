@@ -37,8 +37,7 @@ use crate::config::{self, Config};
 use crate::db::Db;
 pub use spec::{Dflt, Opt, Params, Secret, Spec, Type};
 
-/// What a masked secret looks like in results (Ansible's `remove_values`).
-pub const MASK: &str = "********";
+pub use crate::secrets::ANSIBLE_MASK as MASK;
 /// What a no_log option looks like in `invocation.module_args` (as AnsibleModule shows it).
 pub const NO_LOG_VALUE: &str = "VALUE_SPECIFIED_IN_NO_LOG_PARAMETER";
 

@@ -646,7 +646,7 @@ async fn update_tenant(st: &AppState, req: Request<Incoming>, id: &str) -> R {
                         "value_error",
                         &[json!("api_key")],
                         "Value error, expected a UUID or \"reset\"",
-                        json!("**********"),
+                        json!(MASK),
                     );
                     None
                 }
@@ -656,7 +656,7 @@ async fn update_tenant(st: &AppState, req: Request<Incoming>, id: &str) -> R {
                     "value_error",
                     &[json!("api_key")],
                     "Value error, expected a UUID or \"reset\"",
-                    json!("**********"),
+                    json!(MASK),
                 );
                 None
             }

@@ -12,7 +12,7 @@ use serde_yaml::{Mapping, Value};
 use super::merge::key_text;
 use crate::secrets::is_secret_key;
 
-pub const MASK: &str = "**********";
+pub use crate::secrets::MASK;
 
 /// Does the config key `key` under `parent` (a dotted key path, `""` at the top) hold a
 /// secret? The one rule on the key's name, except for the keys the schema defines as names of

@@ -81,7 +81,7 @@ async fn copy_masked(
             Err(_) => {
                 let mut l = line.clone();
                 for sec in secrets.iter() {
-                    l = replace_bytes(&l, sec.as_bytes(), crate::ansible::MASK.as_bytes());
+                    l = replace_bytes(&l, sec.as_bytes(), crate::secrets::ANSIBLE_MASK.as_bytes());
                 }
                 l
             }
