@@ -1097,3 +1097,72 @@ pub async fn run(cfg: &Config, db: &Db, from: &V2Target, apply: bool) -> Result<
     }
     Ok(plan)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn v2_host_states() {
+        for (v2, duffy, remark) in [
+            ("Ready", NodeState::Ready, false),
+            ("Active", NodeState::Unused, false),
+            ("Provisioning", NodeState::Provisioning, false),
+            ("Deprovision", NodeState::Deprovisioning, false),
+            ("Failed", NodeState::Failed, true),
+            ("Fail", NodeState::Failed, true),
+            ("Reserved", NodeState::Failed, true),
+            ("Deployed", NodeState::Failed, true),
+            ("Contextualizing", NodeState::Failed, true),
+        ] {
+            let (s, why) = node_state(v2).unwrap();
+            assert_eq!((s, why.is_some()), (duffy, remark), "{v2}");
+            // a failed node says why in upstream's data.error
+            if why.is_some() {
+                assert_eq!(s, NodeState::Failed);
+            }
+        }
+        assert!(node_state("").is_none());
+        assert!(node_state("Haunted").is_none());
+    }
+
+    #[test]
+    fn node_data_keeps_the_stock_columns() {
+        let t = |s: &str| {
+            Some(Text {
+                text: s.into(),
+                latin1: false,
+            })
+        };
+        let s = V2Stock {
+            id: 7,
+            hostname: t("n7"),
+            ip: t("10.0.0.7"),
+            chassis: t("c1"),
+            used_count: Some(3),
+            state: t("Failed"),
+            comment: t("caf\u{e9}"),
+            distro: None,
+            rel: None,
+            ver: t("7"),
+            arch: t("x86_64"),
+            pool: Some(0),
+            console_port: Some(4007),
+            flavor: None,
+            session_id: None,
+            next_state: None,
+        };
+        let now = chrono::NaiveDate::from_ymd_opt(2026, 1, 2)
+            .unwrap()
+            .and_hms_opt(3, 4, 5)
+            .unwrap();
+        let d = node_data(&s, Some(("failed in Duffy v2", now)));
+        assert_eq!(
+            d,
+            json!({"architecture": "x86_64", "chassis": "c1", "console_port": 4007,
+                   "used_count": 3, "comment": "caf\u{e9}",
+                   "v2": {"stock_id": 7, "state": "Failed", "ver": "7", "arch": "x86_64", "pool": 0},
+                   "error": {"failed_at": "2026-01-02T03:04:05.000000", "detail": "failed in Duffy v2"}})
+        );
+    }
+}

@@ -567,3 +567,55 @@ pub async fn insert_session(c: &impl GenericClient, s: &ImportSession<'_>) -> Re
     .await?
     .get(0))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_is_utf8_else_latin1() {
+        assert_eq!(
+            Text::decode("caf\u{e9}".as_bytes()),
+            Text {
+                text: "caf\u{e9}".into(),
+                latin1: false
+            }
+        );
+        assert_eq!(
+            Text::decode(b"caf\xe9 \xff"),
+            Text {
+                text: "caf\u{e9} \u{ff}".into(),
+                latin1: true
+            }
+        );
+    }
+
+    #[test]
+    fn dates() {
+        let v = |s: &str| Value::Bytes(s.as_bytes().to_vec());
+        assert_eq!(
+            datetime(&v("2016-02-24")).unwrap().to_string(),
+            "2016-02-24 00:00:00"
+        );
+        assert_eq!(
+            datetime(&v("2024-05-01 10:00:00.5")).unwrap().to_string(),
+            "2024-05-01 10:00:00.500"
+        );
+        assert_eq!(datetime(&v("0000-00-00 00:00:00")), None);
+        assert_eq!(datetime(&Value::NULL), None);
+        assert_eq!(int(&v(" 42")), Some(42));
+    }
+
+    #[test]
+    fn target_never_shows_the_password() {
+        let t = V2Target {
+            host: "db".into(),
+            port: 3306,
+            user: "duffy".into(),
+            password: Some("hunter2".into()),
+            database: "duffy".into(),
+        };
+        assert_eq!(t.to_string(), "mysql://duffy@db:3306/duffy");
+        assert!(!format!("{t:?}").contains("hunter2"));
+    }
+}
