@@ -588,6 +588,7 @@ async fn make_plan(
     )
     .await;
     let mut drop_lines = HashSet::new();
+    let mut retired: HashSet<String> = HashSet::new();
     for ((i, _), ok) in existing.iter().zip(verified) {
         let line = &mut plan.tenants[*i];
         let row = &cur.tenants[&line.name];
@@ -596,6 +597,21 @@ async fn make_plan(
             continue;
         }
         line.id = Some(row.id);
+        if row.retired_at.is_some() {
+            // a retired tenant is not updated (tenant::update's rule) and gets no new session
+            line.action = Action::Unchanged;
+            retired.insert(line.name.clone());
+            plan.problems.push(Problem {
+                table: "users",
+                id: line.name.clone(),
+                skipped: false,
+                message: format!(
+                    "tenant {} (id={}) is retired in duffy: left as it is, its new active sessions are not imported",
+                    line.name, row.id
+                ),
+            });
+            continue;
+        }
         let stored = sshkeys::validate(&row.ssh_key).unwrap_or_default();
         if stored != line.ssh_key {
             line.changes.push("ssh_key");
@@ -608,17 +624,6 @@ async fn make_plan(
         } else {
             Action::Update
         };
-        if row.retired_at.is_some() {
-            plan.problems.push(Problem {
-                table: "users",
-                id: line.name.clone(),
-                skipped: false,
-                message: format!(
-                    "tenant {} (id={}) is retired in duffy: left retired",
-                    line.name, row.id
-                ),
-            });
-        }
     }
     if !drop_lines.is_empty() {
         let lines = std::mem::take(&mut plan.tenants);
@@ -819,6 +824,15 @@ async fn make_plan(
             plan.problem(table, v2_id, true, why);
             continue;
         };
+        if active && retired.contains(tenant) {
+            plan.problem(
+                table,
+                v2_id,
+                true,
+                format!("its tenant {tenant} is retired in duffy"),
+            );
+            continue;
+        }
         // hosts: stock.session_id (v2 since 2018) and session_hosts (before)
         let mut hosts: Vec<&V2Stock> = Vec::new();
         if active {

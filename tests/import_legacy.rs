@@ -538,6 +538,35 @@ INSERT INTO sessions (id, delivered_at, dropped_at, apikey, state, jobid) VALUES
     assert!(body.contains("n10.ci.centos.org"), "{body}");
     let (status, _) = http(lp, &format!("/Inventory?key={K_NOKEYS}"), None);
     assert_eq!(status, 403);
+    drop(server);
+
+    // a tenant retired in duffy is left as it is and gets no new active session
+    let o = duffy(Some(&e.cfg.path), &["admin", "retire-tenant", "CentOS"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    e.v2.exec(&format!(
+        "DELETE FROM userkeys WHERE id = 6;
+INSERT INTO stock (id, hostname, ip, chassis, used_count, state, comment, distro, rel, ver, arch, pool, console_port, flavor, session_id, next_state) VALUES
+  (11, 'n11.ci.centos.org', '172.19.0.11', 'chassis-5', 1, 'Deployed', NULL, 'centos', '7', '7', 'x86_64', 1, 4011, NULL, 'cen00001', NULL);
+INSERT INTO sessions (id, delivered_at, dropped_at, apikey, state, jobid) VALUES ('cen00001', '2024-06-03 10:00:00', NULL, '{K_CENTOS}', 'Prod', NULL)"
+    ));
+    let doc = e.json(&["--apply"]);
+    assert_eq!(
+        line(&doc, "tenants", "name", "CentOS")["action"],
+        "unchanged"
+    );
+    let p = problem(&doc, "sessions", "cen00001");
+    assert!(
+        p["skipped"] == true && p["message"].as_str().unwrap().contains("retired"),
+        "{p}"
+    );
+    assert_eq!(
+        e.one("SELECT ssh_key FROM tenants WHERE name = 'CentOS'"),
+        format!("{KEY2}\n{KEY1}")
+    );
+    assert_eq!(
+        e.one("SELECT state FROM nodes WHERE hostname = 'n11.ci.centos.org'"),
+        "failed"
+    );
 }
 
 #[test]
