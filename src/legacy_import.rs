@@ -649,6 +649,8 @@ async fn make_plan(
         }
     }
 
+    plan.tenants.sort_by(|a, b| a.name.cmp(&b.name));
+
     // --- nodes: which stock rows can be imported at all ----------------------------------
     let hostnames: Vec<String> = data
         .stock
