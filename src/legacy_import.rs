@@ -875,6 +875,18 @@ async fn make_plan(
                 plan.problem(table, v2_id, true, why);
                 continue;
             }
+            if let Some(h) = hosts.iter().find(|h| deployed.contains(&h.id)) {
+                plan.problem(
+                    table,
+                    v2_id,
+                    true,
+                    format!(
+                        "its host stock {} is held by another active session: not imported",
+                        h.id
+                    ),
+                );
+                continue;
+            }
             deployed.extend(hosts.iter().map(|h| h.id));
         } else {
             // history: link the hosts that are or will be in duffy

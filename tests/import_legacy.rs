@@ -2,7 +2,7 @@
 //! `mysql://root[:pw]@host:port`): each test loads Duffy v2's schema (the seed's `describe`
 //! output; `sessions`/`session_hosts`/`session_archive` from v2's models and migrations, latin1
 //! MyISAM tables as in production) and fixture rows, bad ones included — a broken SSH key, an
-//! unknown arch, a session whose user is gone, a project without a key, non-UTF-8 bytes in a
+//! unknown arch, a session whose user is gone, two active sessions claiming one host, a project without a key, non-UTF-8 bytes in a
 //! comment, an unknown state — into a database of its own (dropped at the end), and imports it
 //! into a throw-away PostgreSQL database with the real `duffy` binary. The v2 API keys are then
 //! used against a real `duffy serve`: `/api/v1` (HTTP Basic) and the legacy cico listener.
@@ -81,10 +81,11 @@ INSERT INTO stock (id, hostname, ip, chassis, used_count, state, comment, distro
 INSERT INTO sessions (id, delivered_at, dropped_at, apikey, state, jobid) VALUES
   ('abc12345', '2024-05-01 10:00:00', NULL, '{K_NFS}', 'Prod', 'job-1'),
   ('gone0001', '2024-05-01 11:00:00', NULL, '{K_GONE}', 'Prod', NULL),
-  ('old00001', '2024-04-01 09:00:00', '2024-04-01 12:00:00', '{K_CENTOS}', 'Done', NULL);
+  ('old00001', '2024-04-01 09:00:00', '2024-04-01 12:00:00', '{K_CENTOS}', 'Done', NULL),
+  ('dup00001', '2024-05-01 12:00:00', NULL, '{K_NFS}', 'Prod', NULL);
 INSERT INTO session_archive (id, node_id, delivered_at, dropped_at, apikey, state, jobid) VALUES
   ('arch0001', NULL, '2017-01-01 08:00:00', '2017-01-01 09:30:00', '{K_CENTOS}', 'Done', NULL);
-INSERT INTO session_hosts VALUES ('arch0001', 'n1.ci.centos.org');
+INSERT INTO session_hosts VALUES ('arch0001', 'n1.ci.centos.org'), ('dup00001', 'n2.ci.centos.org');
 "
     )
 }
@@ -353,6 +354,14 @@ fn dry_run_writes_nothing_and_reports_bad_rows_by_id() {
     let p = problem(&doc, "users", "nokeys");
     assert!(
         p["message"].as_str().unwrap().contains("no valid SSH key"),
+        "{p}"
+    );
+    let p = problem(&doc, "sessions", "dup00001");
+    assert!(
+        p["message"]
+            .as_str()
+            .unwrap()
+            .contains("held by another active session"),
         "{p}"
     );
     let p = problem(&doc, "stock", "6");
