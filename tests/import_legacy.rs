@@ -383,6 +383,7 @@ fn dry_run_writes_nothing_and_reports_bad_rows_by_id() {
         "{text}"
     );
     assert!(text.contains("dry run: nothing written"), "{text}");
+    assert!(text.contains("usermap: not written"), "{text}");
     assert_eq!(e.snapshot(), before, "the dry run wrote");
 }
 

@@ -192,6 +192,12 @@ pub async fn run(a: ImportLegacyArgs, cfg: &Config) -> CliResult {
             ));
         }
     }
+    if a.usermap_file.is_none() && a.format == Format::Text && !plan.tenants.is_empty() {
+        out.push_str(
+            "usermap: not written: the legacy cico API knows v2 keys through metaclient.usermap \
+             (--usermap-file FILE)\n",
+        );
+    }
     print!("{out}");
     Ok(())
 }
