@@ -226,23 +226,44 @@ pub async fn create_with_key(
     api_key: Option<Uuid>,
     actor: &str,
 ) -> Result<(Tenant, Uuid), TenantError> {
-    validate_name(&t.name)?;
-    let ssh_key = sshkeys::validate(&t.ssh_key)?;
-    let node_quota = quota(t.node_quota)?;
-    lifetime("session_lifetime", t.session_lifetime)?;
-    lifetime("session_lifetime_max", t.session_lifetime_max)?;
+    validate_new(t)?;
     let key = api_key.unwrap_or_else(apikey::generate);
     let hash = hash_key(key).await;
     let mut conn = db.get().await?;
     let tx = conn.transaction().await?;
+    let row = insert_in(&*tx, t, &hash, actor).await?;
+    tx.commit().await?;
+    Ok((Tenant::new(row, defaults), key))
+}
+
+/// Check a tenant to create without writing anything (what [`insert_in`] checks first).
+pub fn validate_new(t: &NewTenant) -> Result<(), TenantError> {
+    validate_name(&t.name)?;
+    sshkeys::validate(&t.ssh_key)?;
+    quota(t.node_quota)?;
+    lifetime("session_lifetime", t.session_lifetime)?;
+    lifetime("session_lifetime_max", t.session_lifetime_max)?;
+    Ok(())
+}
+
+/// Insert tenant `t` whose API key hashes to `api_key_hash` ([`apikey::hash`]), with its audit
+/// row, inside the caller's transaction `c` (`duffy import-legacy` makes many in one).
+pub async fn insert_in(
+    c: &impl crate::db::GenericClient,
+    t: &NewTenant,
+    api_key_hash: &str,
+    actor: &str,
+) -> Result<TenantRow, TenantError> {
+    validate_new(t)?;
+    let ssh_key = sshkeys::validate(&t.ssh_key)?;
     let row = match q::insert(
-        &*tx,
+        c,
         &InsertTenant {
             name: &t.name,
             is_admin: t.is_admin,
             ssh_key: &ssh_key,
-            api_key_hash: &hash,
-            node_quota,
+            api_key_hash,
+            node_quota: quota(t.node_quota)?,
             session_lifetime: t.session_lifetime.map(|d| d.as_secs_f64()),
             session_lifetime_max: t.session_lifetime_max.map(|d| d.as_secs_f64()),
         },
@@ -256,7 +277,7 @@ pub async fn create_with_key(
         Err(e) => return Err(e.into()),
     };
     audit::record(
-        &*tx,
+        c,
         audit::Entity::Tenant,
         Some(row.id),
         "create",
@@ -264,8 +285,7 @@ pub async fn create_with_key(
         json!({"name": row.name, "is_admin": row.is_admin, "node_quota": row.node_quota}),
     )
     .await?;
-    tx.commit().await?;
-    Ok((Tenant::new(row, defaults), key))
+    Ok(row)
 }
 
 /// One tenant by name.
@@ -387,9 +407,44 @@ pub async fn update_unretiring(
         tx.commit().await?;
         return Ok((Tenant::new(cur, defaults), None));
     }
+    let row = write_changes(&*tx, cur.id, ch, ssh_key, node_quota, hash, actor).await?;
+    tx.commit().await?;
+    Ok((Tenant::new(row, defaults), new_key))
+}
+
+/// Change the SSH key and node quota of tenant `cur`, whose row the caller's transaction `c`
+/// holds locked ([`crate::db::tenants::by_name_for_update`]): validated as [`update`] does,
+/// with its audit row. `duffy import-legacy` brings v2's `userkeys`/`limitnodes` this way.
+pub async fn update_in(
+    c: &impl crate::db::GenericClient,
+    cur: &TenantRow,
+    ssh_key: Option<&str>,
+    node_quota: Option<Option<u32>>,
+    actor: &str,
+) -> Result<TenantRow, TenantError> {
+    let ch = TenantChanges {
+        ssh_key: ssh_key.map(str::to_string),
+        node_quota,
+        ..Default::default()
+    };
+    let ssh_key = ssh_key.map(sshkeys::validate).transpose()?;
+    let node_quota = node_quota.map(quota).transpose()?;
+    write_changes(c, cur.id, &ch, ssh_key, node_quota, None, actor).await
+}
+
+/// The update of [`update_unretiring`] and [`update_in`]: values already validated.
+async fn write_changes(
+    c: &impl crate::db::GenericClient,
+    id: i32,
+    ch: &TenantChanges,
+    ssh_key: Option<String>,
+    node_quota: Option<Option<i32>>,
+    hash: Option<String>,
+    actor: &str,
+) -> Result<TenantRow, TenantError> {
     let row = q::update(
-        &*tx,
-        cur.id,
+        c,
+        id,
         &TenantUpdate {
             ssh_key,
             api_key_hash: hash,
@@ -414,7 +469,7 @@ pub async fn update_unretiring(
         }
     }
     audit::record(
-        &*tx,
+        c,
         audit::Entity::Tenant,
         Some(row.id),
         "update",
@@ -422,8 +477,7 @@ pub async fn update_unretiring(
         json!({"fields": changed}),
     )
     .await?;
-    tx.commit().await?;
-    Ok((Tenant::new(row, defaults), new_key))
+    Ok(row)
 }
 
 /// Retire (`retired = true`: the tenant's active sessions expire now) or unretire a tenant.

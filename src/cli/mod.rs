@@ -7,6 +7,7 @@
 mod admin;
 mod client;
 mod configcmd;
+mod import_legacy;
 mod migrate;
 mod scheduler;
 mod serve;
@@ -91,6 +92,9 @@ pub enum Command {
     Scheduler(scheduler::SchedulerArgs),
     /// Per-pool node counts (ready, deployed, provisioning) for operators and Zabbix
     Stats(stats::StatsArgs),
+    /// Take over a Duffy v2 installation: import its tenants, hosts and sessions from MariaDB
+    /// (a dry run unless --apply)
+    ImportLegacy(import_legacy::ImportLegacyArgs),
 }
 
 fn init_logging(level: &str) {
@@ -169,6 +173,7 @@ fn run(cli: Cli) -> CliResult {
         Command::ServeLegacy(a) => serve::run_legacy(a, cfg, &level),
         Command::Scheduler(a) => scheduler::run(a, cfg),
         Command::Stats(a) => db::block_on(stats::run(a, &cfg)),
+        Command::ImportLegacy(a) => db::block_on(import_legacy::run(a, &cfg)),
     }
 }
 

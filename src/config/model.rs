@@ -21,7 +21,14 @@ pub const UPSTREAM_SECTIONS: [&str; 7] = [
     "metaclient",
     "nodepools",
 ];
-pub const DUFFY_SECTIONS: [&str; 5] = ["scheduler", "inventory", "ipmi", "events", "contextualize"];
+pub const DUFFY_SECTIONS: [&str; 6] = [
+    "scheduler",
+    "inventory",
+    "ipmi",
+    "events",
+    "contextualize",
+    "legacy-import",
+];
 
 /// A duration in a config file: `6h`, `1h30m`, `90`, `21600` (compat spec §3.1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -808,6 +815,7 @@ pub struct Config {
     pub ipmi: IpmiConfig,
     pub events: EventsConfig,
     pub contextualize: ContextualizeConfig,
+    pub legacy_import: LegacyImportConfig,
     /// `$DUFFY_DATABASE_URL` at load time
     pub database_url_override: Option<String>,
     pub raw: RawConfig,
@@ -940,12 +948,14 @@ impl Config {
             ipmi: section(&raw, "ipmi")?.unwrap_or_default(),
             events: section(&raw, "events")?.unwrap_or_default(),
             contextualize: section(&raw, "contextualize")?.unwrap_or_default(),
+            legacy_import: section(&raw, "legacy-import")?.unwrap_or_default(),
             database_url_override: std::env::var(ENV_DATABASE_URL)
                 .ok()
                 .filter(|s| !s.is_empty()),
             raw,
         };
         cfg.inventory.check(&cfg.raw)?;
+        cfg.legacy_import.check(&cfg)?;
         if let Err((key, msg)) = cfg.app.auth.check() {
             return Err(cfg.raw.invalid(&format!("app.auth.{key}"), msg));
         }
@@ -1039,5 +1049,132 @@ impl ContextualizeConfig {
 impl Default for ContextualizeConfig {
     fn default() -> Self {
         serde_yaml::from_str("{}").expect("contextualize defaults")
+    }
+}
+
+/// `legacy-import` (duffy's own): how `duffy import-legacy` maps a Duffy v2 `stock` row onto a
+/// pool. Rules are tried in order; the first whose every given criterion matches wins. A
+/// criterion is one value or a list of values (any of them); `""` matches an empty or NULL
+/// column. A row that matches no rule is reported and not imported.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct LegacyImportConfig {
+    #[serde(default)]
+    pub pools: Vec<LegacyPoolRule>,
+}
+
+/// One rule of `legacy-import.pools`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct LegacyPoolRule {
+    /// the concrete pool (of `nodepools`) the matching nodes go to
+    pub pool: String,
+    /// `stock.arch`, e.g. `x86_64`
+    pub arch: Option<ConfigValues>,
+    /// `stock.rel`
+    pub rel: Option<ConfigValues>,
+    /// `stock.ver`, e.g. `7`, `8-stream`
+    pub ver: Option<ConfigValues>,
+    /// `stock.flavor`, e.g. `tiny` (`""`: none)
+    pub flavor: Option<ConfigValues>,
+    /// v2's pool number (`stock.pool`)
+    pub v2_pool: Option<ConfigValues>,
+    /// whether the nodes are reused after a session (duffy's `nodes.reusable`); v2's stock is
+    /// physical machines reinstalled between sessions, so true unless told otherwise
+    #[serde(default = "LegacyPoolRule::d_reusable")]
+    pub reusable: bool,
+}
+
+impl LegacyPoolRule {
+    fn d_reusable() -> bool {
+        true
+    }
+}
+
+/// One scalar or a list of scalars (strings or numbers), compared as text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigValues(pub Vec<String>);
+
+impl ConfigValues {
+    /// Does `v` (NULL = `None`) match one of the values? `""` matches NULL.
+    pub fn matches(&self, v: Option<&str>) -> bool {
+        let v = v.map(str::trim).unwrap_or("");
+        self.0.iter().any(|x| x == v)
+    }
+}
+
+impl<'de> Deserialize<'de> for ConfigValues {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        fn scalar(v: &Value) -> Option<String> {
+            match v {
+                Value::String(s) => Some(s.clone()),
+                Value::Number(n) => Some(n.to_string()),
+                _ => None,
+            }
+        }
+        let v = Value::deserialize(d)?;
+        let expected = |got: &Value| {
+            D::Error::custom(format!(
+                "expected a string or number, or a list of them, got {}",
+                super::merge::kind(got)
+            ))
+        };
+        match &v {
+            Value::Sequence(items) if !items.is_empty() => items
+                .iter()
+                .map(|i| scalar(i).ok_or_else(|| expected(i)))
+                .collect::<Result<Vec<_>, _>>()
+                .map(ConfigValues),
+            Value::Sequence(_) => Err(D::Error::custom("expected at least one value, got []")),
+            other => scalar(other)
+                .map(|s| ConfigValues(vec![s]))
+                .ok_or_else(|| expected(other)),
+        }
+    }
+}
+
+impl LegacyImportConfig {
+    /// Every rule names a concrete pool of `nodepools`.
+    fn check(&self, cfg: &Config) -> Result<(), ConfigError> {
+        for (i, r) in self.pools.iter().enumerate() {
+            if cfg.concrete_pools().all(|p| p.name != r.pool) {
+                let known: Vec<&str> = cfg.concrete_pools().map(|p| p.name.as_str()).collect();
+                return Err(cfg.raw.invalid(
+                    &format!("legacy-import.pools[{i}].pool"),
+                    format!(
+                        "{:?} is not a concrete pool of nodepools (known: {})",
+                        r.pool,
+                        if known.is_empty() {
+                            "none".to_string()
+                        } else {
+                            known.join(", ")
+                        }
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The first rule matching a v2 `stock` row's attributes.
+    pub fn rule_for(
+        &self,
+        arch: Option<&str>,
+        rel: Option<&str>,
+        ver: Option<&str>,
+        flavor: Option<&str>,
+        v2_pool: Option<i64>,
+    ) -> Option<&LegacyPoolRule> {
+        let pool = v2_pool.map(|p| p.to_string());
+        self.pools.iter().find(|r| {
+            let ok =
+                |c: &Option<ConfigValues>, v: Option<&str>| c.as_ref().is_none_or(|c| c.matches(v));
+            ok(&r.arch, arch)
+                && ok(&r.rel, rel)
+                && ok(&r.ver, ver)
+                && ok(&r.flavor, flavor)
+                && ok(&r.v2_pool, pool.as_deref())
+        })
     }
 }

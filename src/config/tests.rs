@@ -1636,3 +1636,82 @@ fn app_server_limits_default_and_parse() {
     assert_eq!(c.app.shutdown_timeout.0, Duration::from_secs(2));
     assert_eq!(c.app.max_connections, Some(100));
 }
+
+#[test]
+fn legacy_import_rules() {
+    let pools = format!(
+        "nodepools:\n  concrete:\n    x86:\n      fill-level: 1\n      {MECH}\n    arm:\n      fill-level: 1\n      {MECH}\n"
+    );
+    let c = ok(&format!(
+        "{pools}legacy-import:\n  pools:\n    - pool: arm\n      arch: aarch64\n      flavor: [tiny, '']\n    - pool: x86\n      ver: [7, 8-stream]\n      v2-pool: 1\n      reusable: false\n"
+    ));
+    let li = &c.legacy_import;
+    let pool = |arch, ver, flavor, p| {
+        li.rule_for(arch, None, ver, flavor, p)
+            .map(|r| r.pool.as_str())
+    };
+    assert_eq!(
+        pool(Some("aarch64"), None, None, None),
+        Some("arm"),
+        "'' matches NULL"
+    );
+    assert_eq!(pool(Some("aarch64"), None, Some("tiny"), None), Some("arm"));
+    assert_eq!(
+        pool(Some("aarch64"), Some("7"), Some("medium"), Some(1)),
+        Some("x86"),
+        "first match wins, in order"
+    );
+    assert_eq!(
+        pool(Some("x86_64"), Some("8-stream"), None, Some(1)),
+        Some("x86")
+    );
+    assert_eq!(pool(Some("x86_64"), Some("8-stream"), None, Some(0)), None);
+    assert_eq!(
+        pool(Some("x86_64"), None, None, Some(1)),
+        None,
+        "a criterion needs a value"
+    );
+    assert!(!li.pools[1].reusable && li.pools[0].reusable);
+    assert!(ok("legacy-import: {}").legacy_import.pools.is_empty());
+
+    let m = err(&[(
+        "f.yaml",
+        &format!("{pools}legacy-import:\n  pools:\n    - pool: nosuch\n"),
+    )]);
+    assert_msg(
+        &m,
+        "f.yaml",
+        "legacy-import.pools[0].pool",
+        "\"nosuch\" is not a concrete pool of nodepools (known: x86, arm)",
+    );
+    let m = err(&[(
+        "f.yaml",
+        &format!("{pools}legacy-import:\n  pools:\n    - pool: x86\n      arch: []\n"),
+    )]);
+    assert_msg(
+        &m,
+        "f.yaml",
+        "legacy-import.pools[0].arch",
+        "expected at least one value",
+    );
+    let m = err(&[(
+        "f.yaml",
+        &format!("{pools}legacy-import:\n  pools:\n    - pool: x86\n      ver: [{{a: 1}}]\n"),
+    )]);
+    assert_msg(
+        &m,
+        "f.yaml",
+        "legacy-import.pools[0].ver",
+        "expected a string or number",
+    );
+    let m = err(&[(
+        "f.yaml",
+        &format!("{pools}legacy-import:\n  pools:\n    - pool: x86\n      distro: centos\n"),
+    )]);
+    assert_msg(
+        &m,
+        "f.yaml",
+        "legacy-import.pools[0].distro",
+        "unknown field `distro`",
+    );
+}

@@ -9,6 +9,7 @@
 pub mod audit;
 pub mod inventory;
 pub mod jobs;
+pub mod legacy;
 pub mod migrate;
 pub mod nodes;
 pub mod pools;
