@@ -11,6 +11,7 @@ pub mod inventory;
 pub mod jobs;
 pub mod migrate;
 pub mod nodes;
+pub mod outbox;
 pub mod pools;
 pub mod sessions;
 pub mod tenants;
