@@ -48,14 +48,21 @@ struct Beanstalkd {
     port: u16,
     dir: tempfile::TempDir,
     child: Option<Child>,
+    extra: Vec<String>,
 }
 
 impl Beanstalkd {
     fn start() -> Beanstalkd {
+        Self::start_with(&[])
+    }
+
+    /// With more options (`-z BYTES`: its max job size).
+    fn start_with(extra: &[&str]) -> Beanstalkd {
         let mut b = Beanstalkd {
             port: free_port(),
             dir: tempfile::tempdir().unwrap(),
             child: None,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
         };
         b.restart();
         b
@@ -67,6 +74,7 @@ impl Beanstalkd {
         let child = Command::new(beanstalkd_bin())
             .args(["-l", "127.0.0.1", "-p", &self.port.to_string(), "-b"])
             .arg(self.dir.path())
+            .args(&self.extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -792,4 +800,93 @@ fn the_example_consumer_prints_each_event_once_in_order() {
         .collect();
     assert_eq!(hosts, [1, 2, 3, 4], "{lines:#?}");
     assert_commit_order(&lines);
+}
+
+#[test]
+fn job_size_is_bounded_by_max_job_size_with_a_clear_error_when_beanstalkd_allows_less() {
+    let bs = Beanstalkd::start_with(&["-z", "2048"]);
+    let db = TestDb::migrated();
+    let too_big = bus_config(&bs.addr(), "size"); // max-job-size 65535 (the default)
+    let mut fits = too_big.clone();
+    fits.max_job_size = 2048;
+    let consumer = Consumer::start(bs.addr(), "size");
+    let err = with_db(&db, move |d| {
+        Box::pin(async move {
+            use duffy::db::nodes::{self, NewNode};
+            use duffy::state::{Actor, NodeState};
+            duffy::bus::enable(&d).await.unwrap();
+            let c = d.get().await.unwrap();
+            let reason = "playbook failed: ".to_string() + &"é…".repeat(3000);
+            nodes::insert(
+                &**c,
+                &NewNode::default(),
+                NodeState::Failed,
+                Actor::Scheduler,
+                &reason,
+            )
+            .await
+            .unwrap();
+            let err = duffy::bus::Publisher::new(too_big)
+                .deliver_all(&d)
+                .await
+                .unwrap_err()
+                .to_string();
+            // nothing was lost: the same event goes out once the setting fits beanstalkd's
+            assert_eq!(
+                duffy::bus::Publisher::new(fits)
+                    .deliver_all(&d)
+                    .await
+                    .unwrap(),
+                1
+            );
+            err
+        })
+    });
+    assert!(
+        err.contains("JOB_TOO_BIG") && err.contains("events.beanstalkd.max-job-size (65535)"),
+        "{err}"
+    );
+    let ev = consumer.wait_count(1, Duration::from_secs(20), "the event");
+    assert_eq!(ev[0]["reason_truncated"], true);
+    let r = ev[0]["reason"].as_str().unwrap();
+    assert!(
+        r.starts_with("playbook failed: é…é…") && r.len() > 1000,
+        "{r}"
+    );
+    assert!(serde_json::to_vec(&ev[0]).unwrap().len() <= 2048);
+}
+
+#[test]
+fn scheduler_once_publishes_what_waits() {
+    let bs = Beanstalkd::start();
+    let db = TestDb::migrated();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = TestConfig::new(
+        &db.url,
+        &format!(
+            "scheduler:\n  state-dir: {}\n{}",
+            dir.path().display(),
+            bus_yaml(&bs.addr(), "once")
+        ),
+    );
+    let consumer = Consumer::start(bs.addr(), "once");
+    // the first run enables the bus; what is committed afterwards waits for the next
+    ok(&duffy_cmd(Some(&cfg.path), &["scheduler", "--once"])
+        .output()
+        .unwrap());
+    db.exec("INSERT INTO nodes (hostname, state, pool) VALUES ('w1', 'ready', 'p')");
+    assert_eq!(db.one("SELECT count(*) FROM duffy_events"), "1");
+    let o = duffy_cmd(Some(&cfg.path), &["scheduler", "--once"])
+        .env("DUFFY_LOG", "info")
+        .output()
+        .unwrap();
+    ok(&o);
+    assert!(
+        stderr(&o).contains("event bus: 1 events published"),
+        "{}",
+        stderr(&o)
+    );
+    let ev = consumer.wait_count(1, Duration::from_secs(20), "the waiting event");
+    assert_eq!(ev[0]["kind"], "node.created");
+    assert_eq!(db.one("SELECT count(*) FROM duffy_events"), "0");
 }

@@ -37,6 +37,12 @@ pub enum BusError {
     Beanstalkd(#[from] BeanstalkdError),
     #[error("event {id} is {size} bytes even without its reason, more than events.beanstalkd.max-job-size ({max})")]
     TooBig { id: i64, size: usize, max: usize },
+    #[error("beanstalkd {addr} refused a job of {size} bytes (JOB_TOO_BIG): its max job size (-z) is smaller than events.beanstalkd.max-job-size ({max}); lower that or raise -z")]
+    ServerTooSmall {
+        addr: String,
+        size: usize,
+        max: usize,
+    },
     #[error("the event bus is not enabled in this database (no outbox cursor)")]
     NotEnabled,
 }
@@ -148,14 +154,23 @@ impl Publisher {
         Ok(self.client.as_mut().expect("connected"))
     }
 
-    async fn put(&mut self, body: &[u8]) -> Result<Put, BeanstalkdError> {
+    async fn put(&mut self, body: &[u8]) -> Result<Put, BusError> {
         let (pri, ttr) = (self.cfg.priority, self.cfg.ttr);
         let r = self.client().await?.put(pri, ttr, body).await;
         if r.is_err() {
             // a refusal leaves the connection usable, but a fresh one costs nothing
             self.client = None;
         }
-        r
+        match r {
+            Err(BeanstalkdError::Refused { addr, reply, .. }) if reply == "JOB_TOO_BIG" => {
+                Err(BusError::ServerTooSmall {
+                    addr,
+                    size: body.len(),
+                    max: self.cfg.max_job_size,
+                })
+            }
+            r => Ok(r?),
+        }
     }
 
     /// Deliver one batch of committed transactions after the cursor; the number of events
@@ -183,7 +198,7 @@ impl Publisher {
                 .map_or(events.len(), |n| i + n);
             for e in &events[i..end] {
                 let r = match job_body(e, max) {
-                    Ok(body) => self.put(&body).await.map_err(BusError::from),
+                    Ok(body) => self.put(&body).await,
                     Err(err) => Err(err),
                 };
                 match r {
