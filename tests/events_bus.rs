@@ -725,7 +725,11 @@ fn invalid_bus_settings_are_refused_naming_the_key() {
         assert_eq!(err.trim().lines().count(), 1, "{err}");
     }
     let cfg = TestConfig::new(db, "events:\n  beanstalkd:\n    address: localhost\n");
-    ok(&duffy(Some(&cfg.path), &["config", "check"]));
+    let out = ok(&duffy(Some(&cfg.path), &["config", "check"]));
+    assert!(
+        out.contains("Event bus: beanstalkd localhost:11300, tube duffy (events.beanstalkd)\n"),
+        "{out}"
+    );
 }
 
 #[test]
