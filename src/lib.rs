@@ -8,6 +8,7 @@ pub mod alloc;
 pub mod ansible;
 pub mod api;
 pub mod apikey;
+pub mod bus;
 pub mod cli;
 pub mod client;
 pub mod config;

@@ -18,6 +18,10 @@ use common::*;
 
 const HEAD: &str = "6654d536b836";
 const UPSTREAM_TABLES: &str = "'nodes', 'sessions', 'sessions_nodes', 'tenants', 'alembic_version'";
+/// The only things duffy adds to upstream's tables: the event outbox's plain AFTER ROW triggers
+/// (migration 0004; checked in `fresh_schema_equals_upstream_setup_db`).
+const DUFFY_TRIGGERS: &str =
+    "'duffy_nodes_event', 'duffy_nodes_state_event', 'duffy_sessions_event', 'duffy_sessions_retired_event'";
 
 // ---------------------------------------------------------------------------------------------
 // upstream Duffy
@@ -207,7 +211,7 @@ fn schema_snapshot(db: &TestDb) -> Vec<(String, String)> {
             format!(
                 "SELECT coalesce(string_agg(tgrelid::regclass || ' ' || tgname, ',' ORDER BY tgname), '') \
                  FROM pg_trigger WHERE NOT tgisinternal \
-                 AND tgrelid::regclass::text IN ({UPSTREAM_TABLES})"
+                 AND tgrelid::regclass::text IN ({UPSTREAM_TABLES}) AND tgname NOT IN ({DUFFY_TRIGGERS})"
             ),
         ),
         q(
@@ -528,6 +532,43 @@ raw = bcrypt.checkpw(sys.argv[3].encode(), stored.encode())
 print(f"model={model} bcrypt={raw}")
 "#;
 
+/// Upstream's ORM: a node provisioned, lent to a session of tenant `theirs`, the session
+/// retired — each step its own commit, as upstream's API and worker do.
+const PY_WRITE_NODES: &str = r#"
+import sys, datetime
+from sqlalchemy import select
+from duffy.configuration import read_configuration
+read_configuration(sys.argv[1], clear=True, validate=True)
+from duffy.database import init_sync_model, sync_session_maker
+from duffy.database.model import Node, Session, SessionNode, Tenant
+from duffy.database.types import NodeState
+init_sync_model()
+with sync_session_maker() as s:
+    n = Node(hostname="up1", pool="p", state=NodeState.provisioning)
+    s.add(n)
+    s.commit()
+    n.state = NodeState.ready
+    s.commit()
+    t = s.execute(select(Tenant).filter_by(name="theirs")).scalar_one()
+    sess = Session(tenant=t)
+    s.add(sess)
+    s.commit()
+    s.add(SessionNode(session=sess, node=n, pool="p"))
+    n.state = NodeState.deployed
+    s.commit()
+    sess.retired_at = datetime.datetime.now(datetime.timezone.utc)
+    s.commit()
+print("ok")
+"#;
+
+/// A copy of `cfg` (a file) with `extra` YAML appended, next to it.
+fn shared_dir_config(cfg: &Path, extra: &str) -> PathBuf {
+    let p = cfg.with_extension("bus.yaml");
+    let text = std::fs::read_to_string(cfg).unwrap();
+    std::fs::write(&p, format!("{text}{extra}")).unwrap();
+    p
+}
+
 fn upstream_checks_key(cfg: &Path, name: &str, key: &str) -> String {
     let o = upstream_cmd("python", cfg)
         .args(["-c", PY_CHECK_KEY])
@@ -610,6 +651,29 @@ fn upstream_tools_work_on_a_database_duffy_created() {
         ours_ok(cfg, &["admin", "show-tenant", "theirs"]),
         upstream_ok(cfg, &["admin", "show-tenant", "theirs"])
     );
+    // with duffy's event bus enabled, upstream's own ORM writes nodes and sessions as before,
+    // and each change is in the outbox once, as written by the database user
+    let bus = shared_dir_config(cfg, "events:\n  beanstalkd:\n    address: 127.0.0.1:1\n");
+    ours_ok(&bus, &["admin", "list-tenants"]);
+    let o = upstream_cmd("python", cfg)
+        .args(["-c", PY_WRITE_NODES])
+        .arg(cfg)
+        .output()
+        .expect("run upstream python");
+    assert_eq!(must(o, "upstream ORM writes").trim(), "ok");
+    assert_eq!(
+        db.rows(
+            "SELECT kind || ' ' || coalesce(from_state, '-') || ' ' || coalesce(to_state, '-') || ' ' || actor \
+             FROM duffy_events ORDER BY id"
+        ),
+        [
+            "node.created - provisioning db:postgres",
+            "node.transition provisioning ready db:postgres",
+            "session.created - active db:postgres",
+            "node.transition ready deployed db:postgres",
+            "session.retired active retired db:postgres",
+        ]
+    );
     let o = upstream(cfg, &["setup-db"]);
     assert_eq!(o.status.code(), Some(1));
     assert!(
@@ -633,6 +697,20 @@ fn fresh_schema_equals_upstream_setup_db() {
         "duffy's fresh schema vs upstream setup-db",
     );
     assert_eq!(alembic(&ours), alembic(&theirs));
+    // what duffy adds to upstream's tables: the outbox's triggers, plain AFTER ROW ones (no
+    // constraint triggers: nothing in pg_constraint for upstream's alembic to trip over)
+    assert_eq!(
+        one(
+            &ours,
+            &format!(
+                "SELECT string_agg(tgrelid::regclass || ' ' || tgname || ' ' || tgtype || ' ' || tgconstraint, ',' \
+                 ORDER BY tgname) FROM pg_trigger WHERE NOT tgisinternal \
+                 AND tgrelid::regclass::text IN ({UPSTREAM_TABLES})"
+            )
+        ),
+        "nodes duffy_nodes_event 13 0,nodes duffy_nodes_state_event 17 0,\
+         sessions duffy_sessions_event 13 0,sessions duffy_sessions_retired_event 17 0"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -53,6 +53,13 @@ pub fn run(cmd: ConfigCmd, cfg: &Config) -> CliResult {
                  and client address, {} per address, back-off up to {} s (app.auth)",
                 a.bcrypt_workers, a.failures_per_tenant, a.failures_per_address, a.max_backoff
             );
+            if let Some(b) = &cfg.events.beanstalkd {
+                println!(
+                    "Event bus: beanstalkd {}, tube {} (events.beanstalkd)",
+                    b.host_port(),
+                    b.tube
+                );
+            }
             println!("---");
             print!("{masked}");
         }

@@ -136,9 +136,15 @@ pub fn load_config(paths: &[PathBuf]) -> Result<Config, CliError> {
 
 /// Connect to the configured database, refusing one that `duffy migrate` has not created or
 /// brought up to date (every command but `migrate` itself).
+/// With `events.beanstalkd` configured, the database also starts collecting events for the
+/// bus (`crate::bus::enable`, idempotent), whichever command runs first.
 pub async fn connect(cfg: &Config, pool_size: usize) -> Result<Db, CliError> {
     let url = cfg.database_url()?;
-    Ok(Db::connect_migrated(&url, pool_size).await?)
+    let db = Db::connect_migrated(&url, pool_size).await?;
+    if cfg.events.beanstalkd.is_some() {
+        crate::bus::enable(&db).await?;
+    }
+    Ok(db)
 }
 
 fn run(cli: Cli) -> CliResult {

@@ -2,7 +2,8 @@
 //! playbooks, expire sessions (`crate::scheduler`). Never creates or migrates the database: it
 //! refuses one that `duffy migrate` has not created or brought up to date (`cli::connect`).
 //! `--once` prints a summary line, then `pool NAME: fill-level L, filled B -> A` per selected
-//! pool with a fill level (read by `playbooks/refill.yml`).
+//! pool with a fill level (read by `playbooks/refill.yml`). With `events.beanstalkd`, the daemon
+//! publishes events continuously and `--once` publishes what is waiting before it exits.
 
 use std::sync::Arc;
 
@@ -75,7 +76,15 @@ async fn main(a: SchedulerArgs, cfg: Config) -> CliResult {
         let err = |e: scheduler::SchedulerError| CliError::Other(e.to_string());
         let before = filled(s.clone()).await.map_err(err)?;
         let r = scheduler::run_once(s.clone()).await.map_err(err)?;
-        let after = filled(s).await.map_err(err)?;
+        let after = filled(s.clone()).await.map_err(err)?;
+        // the events of this pass (and any waiting) are published before exiting; a failure
+        // leaves them for the next run or the daemon
+        if let Some(b) = s.cfg.events.beanstalkd.clone() {
+            match crate::bus::Publisher::new(b).deliver_all(&s.db).await {
+                Ok(n) => tracing::info!("event bus: {n} events published"),
+                Err(e) => tracing::warn!("event bus: {e}; the events wait in the outbox"),
+            }
+        }
         println!(
             "sessions expired: {}, nodes recovered: {}, jobs queued: {}, done: {}, retried: {}, failed: {}, nodes provisioned: {}",
             r.sessions_expired, r.nodes_recovered, r.jobs_queued, r.jobs_done, r.jobs_retried, r.jobs_failed, r.nodes_provisioned

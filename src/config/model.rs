@@ -779,17 +779,136 @@ impl Default for IpmiConfig {
     }
 }
 
-/// `events` (duffy's own): PostgreSQL LISTEN/NOTIFY channel used between API and scheduler.
+/// `events` (duffy's own): PostgreSQL LISTEN/NOTIFY channel used between API and scheduler,
+/// and the optional beanstalkd event bus (`crate::bus`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EventsConfig {
     #[serde(default = "EventsConfig::d_channel")]
     pub channel: String,
+    /// publish every node and session transition to beanstalkd (absent: no bus)
+    #[serde(default)]
+    pub beanstalkd: Option<BeanstalkdConfig>,
 }
 
 impl EventsConfig {
     fn d_channel() -> String {
         "duffy_events".into()
+    }
+
+    fn check(&self, raw: &RawConfig) -> Result<(), ConfigError> {
+        match &self.beanstalkd {
+            Some(b) => b
+                .check()
+                .map_err(|(key, msg)| raw.invalid(&format!("events.beanstalkd.{key}"), msg)),
+            None => Ok(()),
+        }
+    }
+}
+
+/// `events.beanstalkd`: where and how events are published (`crate::bus`).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct BeanstalkdConfig {
+    /// `host:port` of beanstalkd (port default 11300)
+    pub address: String,
+    /// the tube events are put into
+    #[serde(default = "BeanstalkdConfig::d_tube")]
+    pub tube: String,
+    /// job priority (0 is the most urgent)
+    #[serde(default = "BeanstalkdConfig::d_priority")]
+    pub priority: u32,
+    /// seconds a consumer may hold a reserved job (beanstalkd's TTR)
+    #[serde(default = "BeanstalkdConfig::d_ttr")]
+    pub ttr: u32,
+    /// the largest job put, in bytes: beanstalkd's `-z` (default 65535); a longer `reason`
+    /// is shortened to fit
+    #[serde(default = "BeanstalkdConfig::d_max_job_size", rename = "max-job-size")]
+    pub max_job_size: usize,
+    /// how often the outbox is looked at without a NOTIFY
+    #[serde(default = "BeanstalkdConfig::d_poll", rename = "poll-interval")]
+    pub poll_interval: ConfigDuration,
+    /// time limit of a connection attempt and of each answer of beanstalkd
+    #[serde(default = "BeanstalkdConfig::d_timeout")]
+    pub timeout: ConfigDuration,
+}
+
+impl BeanstalkdConfig {
+    fn d_tube() -> String {
+        "duffy".into()
+    }
+    fn d_priority() -> u32 {
+        1024
+    }
+    fn d_ttr() -> u32 {
+        60
+    }
+    fn d_max_job_size() -> usize {
+        65535
+    }
+    fn d_poll() -> ConfigDuration {
+        ConfigDuration(Duration::from_secs(5))
+    }
+    fn d_timeout() -> ConfigDuration {
+        ConfigDuration(Duration::from_secs(10))
+    }
+
+    /// `host:port` with the default port added when missing.
+    pub fn host_port(&self) -> String {
+        let a = self.address.trim();
+        let has_port = match a.rsplit_once(':') {
+            // `[::1]:11300`, `host:11300`; a bare IPv6 address has several colons
+            Some((h, p)) => !p.is_empty() && (!h.contains(':') || h.ends_with(']')),
+            None => false,
+        };
+        if has_port {
+            a.to_string()
+        } else if a.contains(':') && !a.starts_with('[') {
+            format!("[{a}]:11300")
+        } else {
+            format!("{a}:11300")
+        }
+    }
+
+    /// The first invalid setting: (key under `events.beanstalkd`, what it must be).
+    pub fn check(&self) -> Result<(), (&'static str, String)> {
+        let hp = self.host_port();
+        let (host, port) = hp.rsplit_once(':').expect("host_port has a port");
+        if host.is_empty() || host == "[]" || self.address.trim().is_empty() {
+            return Err(("address", "must be host:port of beanstalkd".into()));
+        }
+        if host.chars().any(|c| c.is_whitespace() || c == '/') {
+            return Err((
+                "address",
+                format!("must be host:port of beanstalkd, got {:?}", self.address),
+            ));
+        }
+        match port.parse::<u16>() {
+            Ok(p) if p > 0 => {}
+            _ => {
+                return Err((
+                    "address",
+                    format!("port must be 1..65535, got {port:?} in {:?}", self.address),
+                ))
+            }
+        }
+        crate::bus::beanstalkd::check_tube(&self.tube).map_err(|m| ("tube", m))?;
+        if self.ttr == 0 {
+            return Err(("ttr", "must be at least 1 second".into()));
+        }
+        if !(1024..=(1 << 30)).contains(&self.max_job_size) {
+            return Err((
+                "max-job-size",
+                "must be between 1024 and 1073741824 bytes".into(),
+            ));
+        }
+        if self.poll_interval.0 < Duration::from_millis(100) {
+            return Err(("poll-interval", "must be at least 0.1 seconds".into()));
+        }
+        if self.timeout.0 < Duration::from_millis(100) {
+            return Err(("timeout", "must be at least 0.1 seconds".into()));
+        }
+        Ok(())
     }
 }
 
@@ -956,6 +1075,7 @@ impl Config {
         };
         cfg.inventory.check(&cfg.raw)?;
         cfg.legacy_import.check(&cfg)?;
+        cfg.events.check(&cfg.raw)?;
         if let Err((key, msg)) = cfg.app.auth.check() {
             return Err(cfg.raw.invalid(&format!("app.auth.{key}"), msg));
         }

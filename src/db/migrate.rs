@@ -39,6 +39,7 @@ const DUFFY_MIGRATIONS: &[(i32, &str, &str)] = &[
     (1, "history", include_str!("sql/0001_history.sql")),
     (2, "jobs", include_str!("sql/0002_jobs.sql")),
     (3, "idempotency", include_str!("sql/0003_idempotency.sql")),
+    (4, "outbox", include_str!("sql/0004_outbox.sql")),
 ];
 
 const UPSTREAM_TABLES: [&str; 4] = ["nodes", "sessions", "sessions_nodes", "tenants"];

@@ -12,6 +12,7 @@ pub mod jobs;
 pub mod legacy;
 pub mod migrate;
 pub mod nodes;
+pub mod outbox;
 pub mod pools;
 pub mod sessions;
 pub mod tenants;

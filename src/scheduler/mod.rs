@@ -672,6 +672,16 @@ pub async fn run_daemon(s: Arc<Scheduler>, url: String) -> Result<(), SchedulerE
         }
         let _ = stop_tx.send(true);
     });
+    // the event bus delivers on its own task, with its own LISTEN connection (`crate::bus`)
+    let bus = s.cfg.events.beanstalkd.clone().map(|b| {
+        let (db, url, stop) = (s.db.clone(), url.clone(), stop.clone());
+        tokio::spawn(async move {
+            if let Err(e) = crate::bus::enable(&db).await {
+                tracing::debug!("event bus: enabling: {e}");
+            }
+            crate::bus::run(db, url, b, stop).await
+        })
+    });
     // since when and why the database is out of reach
     let mut outage: Option<(Instant, String)> = None;
     let mut outage_retry = OUTAGE_RETRY_MIN;
@@ -852,6 +862,10 @@ pub async fn run_daemon(s: Arc<Scheduler>, url: String) -> Result<(), SchedulerE
         }
     }
     shutdown(&s, set).await;
+    if let Some(bus) = bus {
+        // it stops at its next wait; a delivery in flight gets a moment to commit its cursor
+        let _ = tokio::time::timeout(Duration::from_secs(2), bus).await;
+    }
     Ok(())
 }
 
