@@ -153,6 +153,153 @@ fn snapshot(dirs: &[&str]) -> Vec<String> {
     v
 }
 
+/// An installed unit file's service settings.
+struct Unit {
+    name: String,
+    exec: Vec<String>,
+    user: String,
+    group: String,
+    dir: String,
+    env: Vec<(String, String)>,
+}
+
+impl Unit {
+    fn read(name: &str) -> Unit {
+        let text = std::fs::read_to_string(format!("/etc/systemd/system/{name}.service")).unwrap();
+        let key = |k: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(&format!("{k}=")))
+                .unwrap_or_else(|| panic!("no {k}= in {name}.service"))
+                .to_string()
+        };
+        let env = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("Environment="))
+            .map(|kv| {
+                let (k, v) = kv.split_once('=').unwrap();
+                (k.to_string(), v.to_string())
+            })
+            .collect();
+        Unit {
+            name: name.to_string(),
+            exec: key("ExecStart")
+                .split_whitespace()
+                .map(String::from)
+                .collect(),
+            user: key("User"),
+            group: key("Group"),
+            dir: key("WorkingDirectory"),
+            env,
+        }
+    }
+
+    /// Start it the way systemd would (minus the sandbox, which needs systemd).
+    fn start(&self) -> Running {
+        let log = tempfile::NamedTempFile::new().unwrap();
+        let child = Command::new("setpriv")
+            .args([
+                "--reuid",
+                &self.user,
+                "--regid",
+                &self.group,
+                "--init-groups",
+                "--",
+            ])
+            .args(&self.exec)
+            .env_clear()
+            .env(
+                "PATH",
+                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            )
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .current_dir(&self.dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log.reopen().unwrap())
+            .spawn()
+            .unwrap();
+        Running {
+            name: self.name.clone(),
+            child,
+            log,
+        }
+    }
+}
+
+/// A started unit's process, killed on drop.
+struct Running {
+    name: String,
+    child: std::process::Child,
+    log: tempfile::NamedTempFile,
+}
+
+impl Running {
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.log.path()).unwrap_or_default()
+    }
+
+    fn wait_listening(&mut self, port: u16) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                panic!("{} exited: {s}\n{}", self.name, self.log());
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{} does not listen on {port}",
+                self.name
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+
+    /// Wait (60 s at most) until `sql` answers `want`, failing with the log if it exits.
+    fn wait_for(&mut self, db: &TestDb, sql: &str, want: &str) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            if db.one(sql) == want {
+                return;
+            }
+            if let Ok(Some(s)) = self.child.try_wait() {
+                panic!("{} exited: {s}\n{}", self.name, self.log());
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{}: {sql} is not {want}\n{}",
+                self.name,
+                self.log()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+
+    /// SIGTERM (what `systemctl stop` sends); it must exit 0 within 30 s.
+    fn stop(&mut self) {
+        let pid = self.child.id().to_string();
+        ok(&run(Command::new("kill").args(["-TERM", &pid])));
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                assert!(s.success(), "{} on SIGTERM: {s}\n{}", self.name, self.log());
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{} still running 30 s after SIGTERM",
+                self.name
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 #[test]
 fn duffy_server_role_deploys_a_working_duffy_onto_a_lab_node() {
     // installs before the overlays (dpkg's records must not go into a throw-away layer)
@@ -349,20 +496,11 @@ fn duffy_server_role_deploys_a_working_duffy_onto_a_lab_node() {
         stderr(&o)
     );
 
-    // start duffy-app as its unit says: ExecStart, as User=
-    let unit = std::fs::read_to_string("/etc/systemd/system/duffy-app.service").unwrap();
-    let key = |k: &str| {
-        unit.lines()
-            .find_map(|l| l.strip_prefix(&format!("{k}=")))
-            .unwrap_or_else(|| panic!("no {k}= in duffy-app.service"))
-            .to_string()
-    };
-    let exec: Vec<String> = key("ExecStart")
-        .split_whitespace()
-        .map(String::from)
-        .collect();
+    // each service started as its installed unit says (ExecStart, as User=/Group=, in
+    // WorkingDirectory=, with Environment= and systemd's default PATH) and asked something
+    let app = Unit::read("duffy-app");
     assert_eq!(
-        exec,
+        app.exec,
         [
             "/usr/local/bin/duffy",
             "-c",
@@ -371,47 +509,8 @@ fn duffy_server_role_deploys_a_working_duffy_onto_a_lab_node() {
             "--no-legacy"
         ]
     );
-    let log = tempfile::NamedTempFile::new().unwrap();
-    let mut app = Command::new("setpriv")
-        .args([
-            "--reuid",
-            &key("User"),
-            "--regid",
-            &key("Group"),
-            "--init-groups",
-            "--",
-        ])
-        .args(&exec)
-        .env_clear()
-        .env("HOME", "/var/lib/duffy")
-        .current_dir(key("WorkingDirectory"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log.reopen().unwrap())
-        .spawn()
-        .unwrap();
-    struct Kill<'a>(&'a mut std::process::Child);
-    impl Drop for Kill<'_> {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let app = Kill(&mut app);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        if let Ok(Some(s)) = app.0.try_wait() {
-            panic!(
-                "the deployed duffy serve exited: {s}\n{}",
-                std::fs::read_to_string(log.path()).unwrap_or_default()
-            );
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the deployed duffy serve does not listen on {port}"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    let mut p = app.start();
+    p.wait_listening(port);
     let (status, body) = http_get(port, "/api/v1/pools");
     assert_eq!(
         (status, body.as_str()),
@@ -422,7 +521,32 @@ fn duffy_server_role_deploys_a_working_duffy_onto_a_lab_node() {
     );
     // --no-legacy: the legacy port is duffy-metaclient's
     assert!(std::net::TcpStream::connect(("127.0.0.1", legacy_port)).is_err());
-    drop(app);
+    drop(p);
+
+    let legacy = Unit::read("duffy-metaclient");
+    assert_eq!(legacy.exec[3..], ["serve-legacy"]);
+    let mut p = legacy.start();
+    p.wait_listening(legacy_port);
+    assert_eq!(http_get(legacy_port, "/Inventory"), (200, "[]".to_string()));
+    drop(p);
+
+    // the scheduler fills lab-a (3 nodes, their jobs) and keeps its state in its home
+    let sched = Unit::read("duffy-scheduler");
+    assert_eq!(sched.exec[3..], ["scheduler"]);
+    let mut p = sched.start();
+    // (its playbook does not exist: the jobs fail and are retried, which is all this needs)
+    p.wait_for(&db, "SELECT count(*) FROM nodes WHERE pool = 'lab-a'", "3");
+    p.wait_for(
+        &db,
+        "SELECT coalesce(bool_or(log_path IS NOT NULL), false)::text FROM duffy_jobs",
+        "true",
+    );
+    let owner = stdout(&run(Command::new("stat")
+        .args(["-c", "%U %a"])
+        .arg("/var/lib/duffy/runs")));
+    assert_eq!(owner, "duffy 700\n", "{}", p.log());
+    p.stop();
+    assert!(p.log().contains("scheduler started"), "{}", p.log());
 
     // 3. a second run changes nothing
     let v = deploy(&[]);
@@ -438,6 +562,70 @@ fn duffy_server_role_deploys_a_working_duffy_onto_a_lab_node() {
     let v = deploy(&["--check", "-e", "duffy_server_app_port=1"]);
     assert_eq!(changed_tasks(&v), ["Write the configuration files"]);
     assert_eq!(snapshot(&TOUCHED), before, "check mode changed files");
+
+    // 5. binaries from a URL (an HTTP server on the lab's gateway, which the node reaches),
+    // checked against their sha256: only the missing one is downloaded
+    std::fs::remove_file("/usr/local/bin/duffy-inventory").unwrap();
+    let gw = lab.subnet.replace(".0/24", ".1");
+    let http_port = std::net::TcpListener::bind((gw.as_str(), 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut http = Command::new("python3")
+        .args([
+            "-m",
+            "http.server",
+            "--bind",
+            &gw,
+            &http_port.to_string(),
+            "--directory",
+        ])
+        .arg(bin_dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while std::net::TcpStream::connect((gw.as_str(), http_port)).is_err() {
+        assert!(std::time::Instant::now() < deadline, "no HTTP server");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let sums = stdout(&run(Command::new("sha256sum")
+        .arg(bin_dir.join("duffy"))
+        .arg(bin_dir.join("duffy-inventory"))));
+    let checksums: serde_json::Map<String, serde_json::Value> = sums
+        .lines()
+        .map(|l| {
+            let (sum, path) = l.split_once("  ").unwrap();
+            let name = Path::new(path)
+                .file_name()
+                .unwrap()
+                .to_string_lossy()
+                .into_owned();
+            (name, serde_json::Value::from(format!("sha256:{sum}")))
+        })
+        .collect();
+    std::fs::write(
+        w.join("url.json"),
+        serde_json::json!({
+            "duffy_server_binaries_src": "",
+            "duffy_server_binaries_url": format!("http://{gw}:{http_port}"),
+            "duffy_server_binaries_checksums": checksums,
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let url_arg = format!("@{}", w.join("url.json").display());
+    let v = deploy(&["-e", &url_arg]);
+    let _ = http.kill();
+    let _ = http.wait();
+    assert_eq!(changed_tasks(&v), ["Download the binaries"]);
+    assert_eq!(
+        std::fs::read("/usr/local/bin/duffy-inventory").unwrap(),
+        std::fs::read(bin_dir.join("duffy-inventory")).unwrap()
+    );
 
     // the node goes with the guard; the overlays with the test
     drop(lab);
