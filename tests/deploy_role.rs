@@ -365,7 +365,19 @@ fn duffy_server_role_deploys_a_working_duffy_onto_a_lab_node() {
         }}},
     });
     std::fs::write(w.join("hosts.json"), inventory.to_string()).unwrap();
-    let bin_dir = Path::new(env!("CARGO_BIN_EXE_duffy")).parent().unwrap();
+    // this build's binaries, stripped of their debug info (a quarter of the size: every run
+    // checksums them on both sides)
+    let bin_dir = &w.join("bin");
+    std::fs::create_dir(bin_dir).unwrap();
+    for (name, exe) in [
+        ("duffy", env!("CARGO_BIN_EXE_duffy")),
+        ("duffy-inventory", env!("CARGO_BIN_EXE_duffy-inventory")),
+    ] {
+        ok(&run(Command::new("strip")
+            .arg("-o")
+            .arg(bin_dir.join(name))
+            .arg(exe)));
+    }
     let site = serde_json::json!({
         "duffy_server_service_manager": "none",
         "duffy_server_binaries_src": bin_dir,
@@ -386,6 +398,7 @@ fn duffy_server_role_deploys_a_working_duffy_onto_a_lab_node() {
     std::fs::write(w.join("site.json"), site.to_string()).unwrap();
     let site_arg = format!("@{}", w.join("site.json").display());
     let hosts = w.join("hosts.json").display().to_string();
+    let t0 = std::time::Instant::now();
     let deploy = |extra: &[&str]| -> serde_json::Value {
         let mut args = vec![
             "-i",
@@ -395,7 +408,14 @@ fn duffy_server_role_deploys_a_working_duffy_onto_a_lab_node() {
             site_arg.as_str(),
         ];
         args.extend_from_slice(extra);
-        playbook(w, &args)
+        let t = std::time::Instant::now();
+        let v = playbook(w, &args);
+        eprintln!(
+            "deploy.yml {extra:?}: {:.1} s (test at {:.1} s)",
+            t.elapsed().as_secs_f64(),
+            t0.elapsed().as_secs_f64()
+        );
+        v
     };
 
     // 1. check mode on the bare target: reports changes, changes nothing
@@ -466,7 +486,7 @@ fn duffy_server_role_deploys_a_working_duffy_onto_a_lab_node() {
     );
     assert_eq!(
         std::fs::read("/usr/local/bin/duffy").unwrap(),
-        std::fs::read(env!("CARGO_BIN_EXE_duffy")).unwrap()
+        std::fs::read(bin_dir.join("duffy")).unwrap()
     );
     // the deployed config is valid for duffy itself, and the role's migrate made the schema
     let check = ok(&duffy(Some(Path::new("/etc/duffy")), &["config", "check"]));
