@@ -19,6 +19,7 @@ pub mod events;
 pub mod inventory;
 pub mod ipmi;
 pub mod jinja;
+pub mod lax;
 pub mod legacy_import;
 pub mod output;
 pub mod percent;

@@ -770,7 +770,7 @@ fn example_config_lab_pool_runs_the_lab_playbooks() {
     assert_eq!(pool.contextualize, duffy::config::Contextualize::Ssh);
     let mech = pool.mechanism.as_ref().unwrap();
     let top = repo().join(mech.topdir.as_ref().expect("topdir"));
-    for p in [&mech.provision, mech.deprovision.as_ref().unwrap()] {
+    for p in [&mech.provision, &mech.deprovision].map(|p| p.as_ref().unwrap()) {
         assert!(p.playbook.starts_with("lab-"), "{}", p.playbook);
         assert!(top.join(&p.playbook).is_file(), "{}", p.playbook);
     }

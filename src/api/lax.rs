@@ -1,6 +1,6 @@
-//! Pydantic's lax mode, the one reading of loosely typed input that JSON bodies, path segments
-//! and the legacy API's query strings share: integers (`lax_int`, `lax_int_str`) and booleans
-//! (`lax_bool`), with Pydantic's error `type` and `msg` for the 422 items.
+//! Pydantic's lax mode for JSON values (bodies, path segments): integers (`lax_int`) and booleans
+//! (`lax_bool`), with Pydantic's error `type` and `msg` for the 422 items. Strings are read by
+//! [`crate::lax`], the rules the config and the legacy API's query strings use too.
 
 use serde_json::Value;
 
@@ -34,38 +34,9 @@ pub fn lax_int(v: &Value) -> Result<i64, LaxError> {
             }
         }
         Value::Bool(b) => Ok(i64::from(*b)),
-        Value::String(s) => lax_int_str(s).ok_or(PARSING),
+        Value::String(s) => crate::lax::int_str(s).ok_or(PARSING),
         _ => Err(("int_type", "Input should be a valid integer")),
     }
-}
-
-/// An integer as pydantic 2 parses a string in lax mode (query, path and JSON string values): surrounding
-/// whitespace, a sign, `_` between digits and a fraction of zeros (`"1.0"`) are accepted.
-/// Values beyond `i64` saturate (every consumer rejects them anyway).
-pub fn lax_int_str(s: &str) -> Option<i64> {
-    let t = s.trim();
-    let (neg, body) = match t.as_bytes().first() {
-        Some(b'-') => (true, &t[1..]),
-        Some(b'+') => (false, &t[1..]),
-        _ => (false, t),
-    };
-    let int = match body.split_once('.') {
-        Some((i, f)) if !f.is_empty() && f.bytes().all(|c| c == b'0') => i,
-        Some(_) => return None,
-        None => body,
-    };
-    if int.is_empty()
-        || int.starts_with('_')
-        || int.ends_with('_')
-        || int.contains("__")
-        || !int.bytes().all(|c| c.is_ascii_digit() || c == b'_')
-    {
-        return None;
-    }
-    let v = int.bytes().filter(|c| *c != b'_').fold(0i64, |v, c| {
-        v.saturating_mul(10).saturating_add(i64::from(c - b'0'))
-    });
-    Some(if neg { -v } else { v })
 }
 
 /// A boolean as Pydantic's lax mode reads it: JSON booleans, the numbers 0 and 1, and the
@@ -82,11 +53,7 @@ pub fn lax_bool(v: &Value) -> Result<bool, LaxError> {
             Some(1.0) => Ok(true),
             _ => Err(PARSING),
         },
-        Value::String(s) => match s.trim().to_ascii_lowercase().as_str() {
-            "0" | "off" | "f" | "false" | "n" | "no" => Ok(false),
-            "1" | "on" | "t" | "true" | "y" | "yes" => Ok(true),
-            _ => Err(PARSING),
-        },
+        Value::String(s) => crate::lax::bool_str(s).ok_or(PARSING),
         _ => Err(("bool_type", "Input should be a valid boolean")),
     }
 }
@@ -139,35 +106,6 @@ mod tests {
             (json!([]), None),
         ] {
             assert_eq!(lax_bool(&v).ok(), want, "{v}");
-        }
-    }
-
-    #[test]
-    fn integers_parse_like_pydantic() {
-        // accepted / rejected as pydantic 2.11 TypeAdapter(int).validate_python(str)
-        for (s, v) in [
-            ("1", 1),
-            (" 1 ", 1),
-            ("1.0", 1),
-            ("+1", 1),
-            ("-1", -1),
-            ("1_000", 1000),
-            ("00012", 12),
-            ("\t2\n", 2),
-            ("1.00000", 1),
-            ("-0", 0),
-            ("1_0.0", 10),
-            ("00.00", 0),
-            ("\u{a0}1\u{a0}", 1),
-            ("99999999999999999999", i64::MAX),
-        ] {
-            assert_eq!(lax_int_str(s), Some(v), "{s:?}");
-        }
-        for s in [
-            "1.5", "0x10", "１", "1e3", "", "1.", ".0", " ", "1__0", "_1", "1_", "nan", "+-1",
-            "1 0", "1.0_0", "1\0", "-", "+", "0.", "1.0.0", "٣",
-        ] {
-            assert_eq!(lax_int_str(s), None, "{s:?}");
         }
     }
 }

@@ -170,6 +170,16 @@ fn run(cli: Cli) -> CliResult {
     for p in cfg.concrete_pools().filter(|p| p.fill_level.is_none()) {
         tracing::warn!(pool = %p.name, "concrete pool has no fill-level: it is never filled and not listed");
     }
+    for p in cfg
+        .concrete_pools()
+        .filter(|p| p.fill_level.is_some())
+        .filter(|p| p.mechanism.as_ref().is_none_or(|m| m.provision.is_none()))
+    {
+        tracing::warn!(pool = %p.name, "concrete pool has no provision playbook (mechanism.ansible.provision.playbook): the scheduler cannot fill it");
+    }
+    if let Some((key, msg)) = cfg.unsupported_database() {
+        tracing::warn!("config: {key}: {msg}: duffy needs PostgreSQL, every command that uses the database will refuse this one");
+    }
     match cli.command {
         Command::Config(c) => configcmd::run(c, &cfg),
         Command::Migrate(a) => db::block_on(migrate::run(a, &cfg)),

@@ -7,6 +7,7 @@
 //!
 //! This module knows nothing about PostgreSQL or HTTP; it only turns files into a [`Config`].
 
+mod lax;
 mod merge;
 mod model;
 mod pools;

@@ -968,7 +968,8 @@ fn section<T: DeserializeOwned>(raw: &RawConfig, key: &str) -> Result<Option<T>,
 
 impl Config {
     /// Validate a merged raw config into the typed model.
-    pub fn from_raw(raw: RawConfig) -> Result<Config, ConfigError> {
+    pub fn from_raw(mut raw: RawConfig) -> Result<Config, ConfigError> {
+        super::lax::coerce_upstream(&mut raw.value);
         for k in raw.value.keys() {
             let name = super::merge::key_text(k);
             if !UPSTREAM_SECTIONS.contains(&name.as_str())
@@ -1080,8 +1081,13 @@ impl Config {
             return Err(cfg.raw.invalid(&format!("app.auth.{key}"), msg));
         }
         // The file's URL is checked even when overridden: `config check` vouches for the files.
+        // Another dialect (upstream's example config has `sqlite://`) is upstream's to accept:
+        // it loads, the CLI warns, and `database_url` refuses it to whatever needs a database.
         if let Some((key, url)) = cfg.configured_database_url() {
-            crate::db::url::parse(&url).map_err(|e| cfg.raw.invalid(&key, e.to_string()))?;
+            match crate::db::url::parse(&url) {
+                Ok(_) | Err(crate::db::url::UrlError::Scheme(_)) => {}
+                Err(e) => return Err(cfg.raw.invalid(&key, e.to_string())),
+            }
         }
         if let Some(url) = &cfg.database_url_override {
             crate::db::url::parse(url).map_err(|e| ConfigError::Invalid {
@@ -1103,9 +1109,29 @@ impl Config {
         None
     }
 
+    /// The configured database URL when it is not PostgreSQL's (upstream also runs on SQLite
+    /// and others): `(key path, message)`, for the CLI's warning. `None` when
+    /// `$DUFFY_DATABASE_URL` replaces it.
+    pub fn unsupported_database(&self) -> Option<(String, String)> {
+        if self.database_url_override.is_some() {
+            return None;
+        }
+        let (key, url) = self.configured_database_url()?;
+        match crate::db::url::parse(&url) {
+            Err(e @ crate::db::url::UrlError::Scheme(_)) => Some((key, e.to_string())),
+            _ => None,
+        }
+    }
+
     /// The PostgreSQL URL to use: `$DUFFY_DATABASE_URL`, else `sync_url`, else `async_url`,
     /// with SQLAlchemy's `+driver` removed.
     pub fn database_url(&self) -> Result<String, ConfigError> {
+        if let Some((key, msg)) = self.unsupported_database() {
+            return Err(self.raw.invalid(
+                &key,
+                format!("{msg}: duffy needs PostgreSQL (set a postgresql:// URL here or in ${ENV_DATABASE_URL})"),
+            ));
+        }
         let url = match (&self.database_url_override, self.configured_database_url()) {
             (Some(u), _) => u.clone(),
             (None, Some((_, u))) => u,

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use serde_yaml::{Mapping, Value};
 
+use super::lax;
 use super::merge::{deep_merge, key_text, kind};
 use super::{ConfigError, RawConfig};
 
@@ -31,12 +32,13 @@ pub struct Playbook {
     pub extra_vars: Mapping,
 }
 
-/// `mechanism` (only `type: ansible` exists).
+/// `mechanism` (only `type: ansible` exists). Every concrete pool has one; its `provision`
+/// is `None` when the config names no provision playbook (upstream loads such pools too).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Mechanism {
     pub topdir: Option<PathBuf>,
     pub extra_vars: Mapping,
-    pub provision: Playbook,
+    pub provision: Option<Playbook>,
     pub deprovision: Option<Playbook>,
 }
 
@@ -113,31 +115,38 @@ fn playbook(ctx: &Ctx, m: &Mapping, key: &str) -> Result<Option<Playbook>, Confi
 }
 
 fn mechanism(ctx: &Ctx, vars: &Mapping, concrete: bool) -> Result<Option<Mechanism>, ConfigError> {
+    // Upstream's model makes every level optional (`mechanism`, `type`, `ansible`,
+    // `provision`); a concrete pool lacking one loads with an empty mechanism, the CLI warns
+    // and the scheduler reports "pool P has no provision playbook" when it would fill it.
+    let empty = || {
+        concrete.then(|| Mechanism {
+            topdir: None,
+            extra_vars: Mapping::new(),
+            provision: None,
+            deprovision: None,
+        })
+    };
     let Some(mech) = get_map(ctx, vars, "mechanism", "mechanism")? else {
-        if concrete {
+        return Ok(empty());
+    };
+    for k in mech.keys() {
+        let k = key_text(k);
+        if k != "type" && k != "ansible" {
             return Err(ctx.err(
-                "mechanism",
-                "required for a concrete pool: {type: ansible, ansible: {provision: {playbook: …}}}",
+                &format!("mechanism.{k}"),
+                "unknown key, expected type or ansible",
             ));
         }
-        return Ok(None);
-    };
-    let ty = get_str(ctx, &mech, "type", "mechanism.type")?;
-    if !concrete && ty.is_none() {
-        return Ok(None);
     }
-    match ty.as_deref() {
-        Some("ansible") => {}
+    match get_str(ctx, &mech, "type", "mechanism.type")?.as_deref() {
+        // `ansible` is the only mechanism there is: a pool that leaves `type` out means it
+        Some("ansible") | None => {}
         Some(other) => {
             return Err(ctx.err("mechanism.type", format!("expected ansible, got {other:?}")))
         }
-        None => return Err(ctx.err("mechanism.type", "required: ansible")),
     }
     let Some(ans) = get_map(ctx, &mech, "ansible", "mechanism.ansible")? else {
-        if concrete {
-            return Err(ctx.err("mechanism.ansible", "required: {provision: {playbook: …}}"));
-        }
-        return Ok(None);
+        return Ok(empty());
     };
     for k in ans.keys() {
         let k = key_text(k);
@@ -153,27 +162,24 @@ fn mechanism(ctx: &Ctx, vars: &Mapping, concrete: bool) -> Result<Option<Mechani
         get_map(ctx, &ans, "extra-vars", "mechanism.ansible.extra-vars")?.unwrap_or_default();
     let provision = playbook(ctx, &ans, "provision")?;
     let deprovision = playbook(ctx, &ans, "deprovision")?;
-    match provision {
-        Some(provision) => Ok(Some(Mechanism {
-            topdir,
-            extra_vars,
-            provision,
-            deprovision,
-        })),
-        None if concrete => Err(ctx.err(
-            "mechanism.ansible.provision",
-            "required for a concrete pool: {playbook: …}",
-        )),
-        None => Ok(None),
+    if !concrete && provision.is_none() {
+        return Ok(None);
     }
+    Ok(Some(Mechanism {
+        topdir,
+        extra_vars,
+        provision,
+        deprovision,
+    }))
 }
 
 fn typed(ctx: &Ctx, name: &str, kind_: PoolKind, vars: Mapping) -> Result<Pool, ConfigError> {
     let concrete = kind_ == PoolKind::Concrete;
+    // lax: upstream's Pydantic takes "3", 3.0 and true (= 1) too
     let fill_level = match vars.get("fill-level") {
         None | Some(Value::Null) => None,
-        Some(Value::Number(n)) if n.as_u64().is_some_and(|v| v > 0 && v <= u32::MAX as u64) => {
-            Some(n.as_u64().unwrap_or_default() as u32)
+        Some(v) if lax::int(v).is_some_and(|n| n > 0 && n <= i64::from(u32::MAX)) => {
+            lax::int(v).map(|n| n as u32)
         }
         Some(other) => {
             return Err(ctx.err(
@@ -185,10 +191,16 @@ fn typed(ctx: &Ctx, name: &str, kind_: PoolKind, vars: Mapping) -> Result<Pool, 
     let reuse_nodes = match vars.get("reuse-nodes") {
         None | Some(Value::Null) | Some(Value::Bool(false)) => None,
         Some(Value::Mapping(m)) => {
+            let mut typed = Mapping::new();
             for (k, v) in m {
                 match v {
                     Value::String(_) => {}
                     Value::Number(n) if n.is_i64() || n.is_u64() => {}
+                    // lax: upstream's `Union[int, str]` takes true/false (1/0) and 2.0 (2)
+                    Value::Bool(_) | Value::Number(_) if lax::int(v).is_some() => {
+                        typed.insert(k.clone(), Value::from(lax::int(v).unwrap_or_default()));
+                        continue;
+                    }
                     other => {
                         return Err(ctx.err(
                             &format!("reuse-nodes.{}", key_text(k)),
@@ -199,8 +211,9 @@ fn typed(ctx: &Ctx, name: &str, kind_: PoolKind, vars: Mapping) -> Result<Pool, 
                         ))
                     }
                 }
+                typed.insert(k.clone(), v.clone());
             }
-            Some(m.clone())
+            Some(typed)
         }
         Some(other) => {
             return Err(ctx.err(
@@ -214,13 +227,16 @@ fn typed(ctx: &Ctx, name: &str, kind_: PoolKind, vars: Mapping) -> Result<Pool, 
     };
     let run_parallel = match vars.get("run-parallel") {
         None | Some(Value::Null) => true,
-        Some(Value::Bool(b)) => *b,
-        Some(other) => {
-            return Err(ctx.err(
-                "run-parallel",
-                format!("expected a boolean, got {}", kind(other)),
-            ))
-        }
+        // lax: upstream's Pydantic takes yes/no, on/off, "true", 1/0, …
+        Some(v) => match lax::bool(v) {
+            Some(b) => b,
+            None => {
+                return Err(ctx.err(
+                    "run-parallel",
+                    format!("expected a boolean, got {}", show(v)),
+                ))
+            }
+        },
     };
     let contextualize = match vars.get("contextualize") {
         None | Some(Value::Null) => Contextualize::Ssh,
@@ -256,6 +272,56 @@ fn show(v: &Value) -> String {
     }
 }
 
+/// One pool as written: its own keys and the pool it extends.
+struct Def {
+    kind: PoolKind,
+    name: String,
+    path: String,
+    own: Mapping,
+    parent: Option<String>,
+}
+
+/// The merged map of `defs[i]` (its parents' chain deep-merged, then its own keys).
+fn resolve_one(
+    raw: &RawConfig,
+    defs: &[Def],
+    i: usize,
+    merged: &mut Vec<Option<Mapping>>,
+    chain: &mut Vec<usize>,
+) -> Result<Mapping, ConfigError> {
+    if let Some(m) = &merged[i] {
+        return Ok(m.clone());
+    }
+    let d = &defs[i];
+    let ctx = Ctx {
+        raw,
+        path: d.path.clone(),
+    };
+    let mut vars = match &d.parent {
+        None => Mapping::new(),
+        Some(parent) => {
+            let Some(j) = defs.iter().position(|p| &p.name == parent) else {
+                return Err(ctx.err("extends", format!("unknown pool {parent:?}")));
+            };
+            if j == i || chain.contains(&j) {
+                return Err(ctx.err(
+                    "extends",
+                    format!("pool {parent:?} leads back to this pool (a cycle)"),
+                ));
+            }
+            chain.push(i);
+            let v = resolve_one(raw, defs, j, merged, chain)?;
+            chain.pop();
+            v
+        }
+    };
+    vars.remove("name");
+    deep_merge(&mut vars, d.own.clone(), "", &mut |_| {}).map_err(|(k, m)| ctx.err(&k, m))?;
+    vars.insert(Value::from("name"), Value::from(d.name.clone()));
+    merged[i] = Some(vars.clone());
+    Ok(vars)
+}
+
 /// Resolve `nodepools` into pools in config order (sections as they appear, pools in order).
 pub fn resolve(raw: &RawConfig) -> Result<Vec<Pool>, ConfigError> {
     let Some(np) = raw.value.get("nodepools") else {
@@ -271,7 +337,7 @@ pub fn resolve(raw: &RawConfig) -> Result<Vec<Pool>, ConfigError> {
             ))
         }
     };
-    let mut out: Vec<Pool> = Vec::new();
+    let mut defs: Vec<Def> = Vec::new();
     for (section, pools) in np {
         let section = key_text(section);
         let kind_ = match section.as_str() {
@@ -296,11 +362,9 @@ pub fn resolve(raw: &RawConfig) -> Result<Vec<Pool>, ConfigError> {
         };
         for (name, def) in pools {
             let name = key_text(name);
-            let ctx = Ctx {
-                raw,
-                path: format!("nodepools.{section}.{name}"),
-            };
-            if out.iter().any(|p| p.name == name) {
+            let path = format!("nodepools.{section}.{name}");
+            let ctx = Ctx { raw, path };
+            if defs.iter().any(|d| d.name == name) {
                 return Err(ctx.err("", "pool defined twice (pool names are global)"));
             }
             let mut own = match def {
@@ -310,15 +374,9 @@ pub fn resolve(raw: &RawConfig) -> Result<Vec<Pool>, ConfigError> {
                     return Err(ctx.err("", format!("expected a mapping, got {}", kind(other))))
                 }
             };
-            let mut vars = match own.remove("extends") {
-                None | Some(Value::Null) => Mapping::new(),
-                Some(Value::String(parent)) => match out.iter().find(|p| p.name == parent) {
-                    Some(p) => p.vars.clone(),
-                    None => {
-                        let msg = "extends must name a pool defined earlier";
-                        return Err(ctx.err("extends", format!("unknown pool {parent:?} ({msg})")));
-                    }
-                },
+            let parent = match own.remove("extends") {
+                None | Some(Value::Null) => None,
+                Some(Value::String(parent)) => Some(parent),
                 Some(other) => {
                     return Err(ctx.err(
                         "extends",
@@ -326,11 +384,26 @@ pub fn resolve(raw: &RawConfig) -> Result<Vec<Pool>, ConfigError> {
                     ))
                 }
             };
-            vars.remove("name");
-            deep_merge(&mut vars, own, "", &mut |_| {}).map_err(|(k, m)| ctx.err(&k, m))?;
-            vars.insert(Value::from("name"), Value::from(name.clone()));
-            out.push(typed(&ctx, &name, kind_, vars)?);
+            defs.push(Def {
+                kind: kind_,
+                name,
+                path: ctx.path,
+                own,
+                parent,
+            });
         }
+    }
+    // `extends` may name a pool defined anywhere (upstream's check accepts a later one)
+    let mut merged: Vec<Option<Mapping>> = vec![None; defs.len()];
+    let mut out = Vec::with_capacity(defs.len());
+    for i in 0..defs.len() {
+        let vars = resolve_one(raw, &defs, i, &mut merged, &mut Vec::new())?;
+        let d = &defs[i];
+        let ctx = Ctx {
+            raw,
+            path: d.path.clone(),
+        };
+        out.push(typed(&ctx, &d.name, d.kind, vars)?);
     }
     Ok(out)
 }

@@ -340,7 +340,13 @@ fn yaml_merge_keys_are_resolved_like_pyyaml() {
     assert_eq!(p.vars.get("arch"), Some(&Value::from("aarch64")));
     assert!(p.vars.get("<<").is_none());
     assert_eq!(
-        p.mechanism.as_ref().unwrap().provision.playbook,
+        p.mechanism
+            .as_ref()
+            .unwrap()
+            .provision
+            .as_ref()
+            .unwrap()
+            .playbook,
         "provision.yml"
     );
 }
@@ -926,9 +932,14 @@ fn pools_inherit_along_extends_chains() {
     // mechanism: deep-merged across three levels
     let m = p.mechanism.as_ref().unwrap();
     assert_eq!(m.topdir.as_deref(), Some(Path::new("/etc/duffy/ansible")));
-    assert_eq!(m.provision.playbook, "playbooks/provision-ec2.yml");
     assert_eq!(
-        yaml(&Value::Mapping(m.provision.extra_vars.clone())),
+        m.provision.as_ref().unwrap().playbook,
+        "playbooks/provision-ec2.yml"
+    );
+    assert_eq!(
+        yaml(&Value::Mapping(
+            m.provision.as_ref().unwrap().extra_vars.clone()
+        )),
         "x: 1\n",
         "kept from the parent's provision map"
     );
@@ -954,7 +965,14 @@ fn pools_inherit_along_extends_chains() {
         Some(&Value::from("aarch64"))
     );
     assert_eq!(
-        plain.mechanism.as_ref().unwrap().provision.playbook,
+        plain
+            .mechanism
+            .as_ref()
+            .unwrap()
+            .provision
+            .as_ref()
+            .unwrap()
+            .playbook,
         "playbooks/provision.yml"
     );
 
@@ -995,22 +1013,6 @@ fn pools_from_several_files() {
     // an error in a pool names the file that defined it
     let e = err(&[
         (
-            "10_abstract.yaml",
-            "nodepools: {abstract: {base: {fill-level: 1}}}",
-        ),
-        (
-            "70_nodepools.yaml",
-            "nodepools: {concrete: {p: {extends: base}}}",
-        ),
-    ]);
-    assert_msg(
-        &e,
-        "70_nodepools.yaml",
-        "nodepools.concrete.p.mechanism",
-        "required for a concrete pool",
-    );
-    let e = err(&[
-        (
             "70_nodepools.yaml",
             &format!("nodepools: {{concrete: {{p: {{fill-level: 1, {MECH}}}}}}}"),
         ),
@@ -1028,16 +1030,26 @@ fn pools_from_several_files() {
 }
 
 #[test]
-fn extends_must_name_an_earlier_pool() {
-    let e = err(&[(
-        "p.yaml",
-        &format!("nodepools: {{concrete: {{a: {{extends: b, {MECH}}}, b: {{{MECH}}}}}}}"),
-    )]);
-    assert_msg(
-        &e,
-        "p.yaml",
-        "nodepools.concrete.a.extends",
-        "unknown pool \"b\" (extends must name a pool defined earlier)",
+fn extends_may_name_any_pool_but_not_a_cycle() {
+    // upstream's check accepts a pool defined later (even in a later section): so does duffy
+    let c = ok(&format!(
+        "nodepools: {{concrete: {{a: {{extends: b, fill-level: 2}}, b: {{{MECH}}}}}}}"
+    ));
+    assert_eq!(
+        c.pool("a").unwrap().mechanism,
+        c.pool("b").unwrap().mechanism
+    );
+    let c = ok(&format!(
+        "nodepools: {{concrete: {{c: {{extends: base}}}}, abstract: {{base: {{fill-level: 3, {MECH}}}}}}}"
+    ));
+    assert_eq!(c.pool("c").unwrap().fill_level, Some(3));
+    assert_eq!(
+        c.nodepools
+            .iter()
+            .map(|p| p.name.as_str())
+            .collect::<Vec<_>>(),
+        ["c", "base"],
+        "config order is kept"
     );
     let e = err(&[("p.yaml", "nodepools: {abstract: {a: {extends: nowhere}}}")]);
     assert_msg(
@@ -1051,21 +1063,19 @@ fn extends_must_name_an_earlier_pool() {
         &e,
         "p.yaml",
         "nodepools.abstract.a.extends",
-        "unknown pool \"a\"",
+        "pool \"a\" leads back to this pool (a cycle)",
     );
-    // sections are processed in the order they appear: concrete first cannot see abstract
     let e = err(&[(
         "p.yaml",
-        &format!(
-            "nodepools: {{concrete: {{c: {{extends: base}}}}, abstract: {{base: {{{MECH}}}}}}}"
-        ),
+        "nodepools: {abstract: {a: {extends: c}, b: {extends: a}, c: {extends: b}}}",
     )]);
     assert_msg(
         &e,
         "p.yaml",
-        "nodepools.concrete.c.extends",
-        "unknown pool \"base\"",
+        "nodepools.abstract.b.extends",
+        "pool \"a\" leads back to this pool (a cycle)",
     );
+    // upstream's model types `extends` as one string as well
     let e = err(&[(
         "p.yaml",
         "nodepools: {abstract: {a: {}, b: {extends: [a]}}}",
@@ -1140,19 +1150,31 @@ fn a_child_cannot_null_out_an_inherited_mapping() {
 }
 
 #[test]
-fn concrete_pools_need_a_complete_mechanism() {
+fn concrete_pools_without_a_provision_playbook_load() {
+    // upstream's model makes every level optional: such pools load (the CLI warns, the
+    // scheduler reports "pool P has no provision playbook" when it would fill one)
+    for def in [
+        "{}",
+        "~",
+        "{mechanism: ~}",
+        "{mechanism: {type: ansible}}",
+        "{mechanism: {type: ansible, ansible: {topdir: /x}}}",
+        "{mechanism: {type: ansible, ansible: {provision: ~, deprovision: {playbook: d.yml}}}}",
+    ] {
+        let c = ok(&format!("nodepools: {{concrete: {{vm: {def}}}}}"));
+        let m = c.pool("vm").unwrap().mechanism.as_ref().unwrap();
+        assert!(m.provision.is_none(), "{def}");
+    }
+    // no `type`: ansible, the only mechanism there is
+    let c = ok("nodepools: {concrete: {vm: {mechanism: {ansible: {provision: {playbook: p}}}}}}");
+    let m = c.pool("vm").unwrap().mechanism.as_ref().unwrap();
+    assert_eq!(m.provision.as_ref().unwrap().playbook, "p");
+    // what upstream's check refuses stays refused
     let cases: &[(&str, &str, &str)] = &[
-        ("{}", "mechanism", "required for a concrete pool"),
-        ("~", "mechanism", "required for a concrete pool"),
         (
             "{mechanism: ansible}",
             "mechanism",
             "expected a mapping, got a string",
-        ),
-        (
-            "{mechanism: {ansible: {provision: {playbook: p}}}}",
-            "mechanism.type",
-            "required: ansible",
         ),
         (
             "{mechanism: {type: openstack}}",
@@ -1165,19 +1187,14 @@ fn concrete_pools_need_a_complete_mechanism() {
             "expected a string, got a number",
         ),
         (
-            "{mechanism: {type: ansible}}",
-            "mechanism.ansible",
-            "required: {provision: {playbook: …}}",
+            "{mechanism: {type: ansible, playbook: p}}",
+            "mechanism.playbook",
+            "unknown key, expected type or ansible",
         ),
         (
             "{mechanism: {type: ansible, ansible: 5}}",
             "mechanism.ansible",
             "expected a mapping",
-        ),
-        (
-            "{mechanism: {type: ansible, ansible: {topdir: /x}}}",
-            "mechanism.ansible.provision",
-            "required for a concrete pool: {playbook: …}",
         ),
         (
             "{mechanism: {type: ansible, ansible: {provision: {extra-vars: {}}}}}",
@@ -1237,9 +1254,9 @@ fn fill_level_must_be_a_positive_integer() {
     for (value, shown) in [
         ("0", "0"),
         ("-1", "-1"),
-        ("'3'", "\"3\""),
+        ("'x'", "\"x\""),
         ("2.5", "2.5"),
-        ("true", "a boolean"),
+        ("false", "a boolean"),
         ("[1]", "a list"),
     ] {
         let e = err(&[(
@@ -1257,6 +1274,19 @@ fn fill_level_must_be_a_positive_integer() {
         "nodepools: {{concrete: {{small: {{fill-level: 4294967295, {MECH}}}}}}}"
     ));
     assert_eq!(c.pool("small").unwrap().fill_level, Some(u32::MAX));
+    // what upstream's Pydantic coerces: numeric strings, integral floats, true
+    for (value, level) in [
+        ("'3'", 3),
+        ("' 3 '", 3),
+        ("3.0", 3),
+        ("'1_0'", 10),
+        ("true", 1),
+    ] {
+        let c = ok(&format!(
+            "nodepools: {{concrete: {{small: {{fill-level: {value}, {MECH}}}}}}}"
+        ));
+        assert_eq!(c.pool("small").unwrap().fill_level, Some(level), "{value}");
+    }
     let e = err(&[(
         "f.yaml",
         &format!("nodepools: {{concrete: {{small: {{fill-level: 4294967296, {MECH}}}}}}}"),
@@ -1325,7 +1355,22 @@ fn run_parallel_must_be_a_boolean() {
         "nodepools: {{concrete: {{p: {{run-parallel: false, {MECH}}}}}}}"
     ));
     assert!(!c.pool("p").unwrap().run_parallel);
-    for value in ["'false'", "0", "[true]"] {
+    // upstream's Pydantic (and PyYAML's YAML 1.1 `yes`/`off`) take these
+    for (value, want) in [
+        ("'false'", false),
+        ("0", false),
+        ("no", false),
+        ("off", false),
+        ("yes", true),
+        ("'On'", true),
+        ("1", true),
+    ] {
+        let c = ok(&format!(
+            "nodepools: {{concrete: {{p: {{run-parallel: {value}, {MECH}}}}}}}"
+        ));
+        assert_eq!(c.pool("p").unwrap().run_parallel, want, "{value}");
+    }
+    for value in ["'maybe'", "2", "[true]"] {
         let e = err(&[(
             "r.yaml",
             &format!("nodepools: {{concrete: {{p: {{run-parallel: {value}, {MECH}}}}}}}"),

@@ -90,6 +90,22 @@ pub async fn fill_pool(s: &Scheduler, pool: &Pool) -> Result<usize, SchedulerErr
     if need <= 0 {
         return Ok(0);
     }
+    if pool
+        .mechanism
+        .as_ref()
+        .is_none_or(|m| m.provision.is_none())
+    {
+        // upstream loads such a pool too (and fails with a KeyError when it fills it)
+        let mut reported = s
+            .no_provision_reported
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if !reported.contains(&pool.name) {
+            tracing::warn!(pool = %pool.name, level, current, "pool {} has no provision playbook (mechanism.ansible.provision.playbook): not filled", pool.name);
+            reported.push(pool.name.clone());
+        }
+        return Ok(0);
+    }
     let (failures, since) = jobs::pool_failures(&*tx, &pool.name).await?;
     let pause = pool_pause_secs(s, failures);
     if failures > 0 && since.unwrap_or(f64::MAX) < pause {
@@ -336,12 +352,18 @@ pub async fn run_provision(s: &Scheduler, job: &Job) -> Result<Outcome, Schedule
         let failed: Vec<(i32, String)> = ids.iter().map(|i| (*i, reason.clone())).collect();
         return fail_nodes(s, job, &failed).await;
     }
-    let mech = pool.mechanism.as_ref().expect("checked");
+    let Some(pb) = pool.mechanism.as_ref().and_then(|m| m.provision.as_ref()) else {
+        // a job from before the playbook was taken out of the config (or a crashed upstream
+        // worker's nodes): nothing can provision them
+        let reason = format!("pool {} has no provision playbook", job.pool);
+        let failed: Vec<(i32, String)> = ids.iter().map(|i| (*i, reason.clone())).collect();
+        return give_up_now(s, job, &failed).await;
+    };
     let duffy_in = json!({"nodes": nodes.iter().map(|n| json!({"id": n.id, "hostname": n.hostname, "ipaddr": n.ipaddr})).collect::<Vec<_>>()});
-    let result = match playbook::extra_vars(&pool, &mech.provision, &duffy_in) {
+    let result = match playbook::extra_vars(&pool, pb, &duffy_in) {
         Err(e) => Err(e),
         Ok(vars) => {
-            s.run_playbook(job, &pool, &mech.provision.playbook, &vars, &ids)
+            s.run_playbook(job, &pool, &pb.playbook, &vars, &ids)
                 .await?
         }
     };

@@ -123,6 +123,8 @@ pub struct Scheduler {
     deprovisions: std::sync::atomic::AtomicUsize,
     /// this process's private run directories (made, and dead schedulers' swept, on first use)
     runs: std::sync::OnceLock<Result<rundir::RunDirs, String>>,
+    /// pools reported as needing nodes without a provision playbook (reported once each)
+    pub no_provision_reported: std::sync::Mutex<Vec<String>>,
 }
 
 impl Scheduler {
@@ -155,6 +157,7 @@ impl Scheduler {
             provisioned: Default::default(),
             deprovisions: Default::default(),
             runs: Default::default(),
+            no_provision_reported: Default::default(),
         }
     }
 

@@ -408,10 +408,10 @@ mod tests {
             mechanism: Some(crate::config::Mechanism {
                 topdir: None,
                 extra_vars: serde_yaml::from_str("{a: '{{ name }}-{{ architecture }}', n: {x: '{{ duffy_in.nodes | length }}'}, l: ['{{ name }}']}").unwrap(),
-                provision: Playbook {
+                provision: Some(Playbook {
                     playbook: "p.yml".into(),
                     extra_vars: serde_yaml::from_str("{b: '{{ type }}'}").unwrap(),
-                },
+                }),
                 deprovision: None,
             }),
             contextualize: crate::config::Contextualize::None,
@@ -448,7 +448,8 @@ mod tests {
     fn extra_vars_are_templated_like_upstream() {
         let p = pool("{name: pool1, architecture: x86_64, type: virt, fill-level: 1}");
         let din = serde_json::json!({"nodes": [{"id": 1}, {"id": 2}, {"id": 3}]});
-        let v = extra_vars(&p, &p.mechanism.as_ref().unwrap().provision, &din).unwrap();
+        let pb = p.mechanism.as_ref().unwrap().provision.clone().unwrap();
+        let v = extra_vars(&p, &pb, &din).unwrap();
         assert_eq!(v["a"], "pool1-x86_64");
         assert_eq!(v["b"], "virt");
         assert_eq!(v["n"]["x"], "3");

@@ -37,7 +37,6 @@ pub use poolmap::Legacy;
 
 use super::auth;
 use super::http::{json_response, validation_item, ApiError, Resp};
-use super::lax::lax_int_str;
 use super::AppState;
 use crate::alloc::{self, Expiry, NodesSpec};
 use crate::percent;
@@ -157,7 +156,7 @@ async fn node_get(st: &AppState, lg: &Legacy, q: &HashMap<String, String>) -> Re
     let flavor = q.get("flavor").map(String::as_str);
     let count = match q.get("count") {
         None => 1,
-        Some(s) => match lax_int_str(s) {
+        Some(s) => match crate::lax::int_str(s) {
             Some(n) => n,
             None => {
                 return ApiError::Validation(vec![validation_item(
@@ -245,7 +244,7 @@ async fn node_update(
     // what `PUT /api/v1/sessions/{ssid}` with `{"active": false}` / `{"expires_at": "+6h"}` does
     let result: Result<(), ApiError> = async {
         let tenant = v1_auth(st, name, key).await?;
-        let id = lax_int_str(ssid)
+        let id = crate::lax::int_str(ssid)
             .and_then(|n| i32::try_from(n).ok())
             .ok_or_else(|| {
                 ApiError::Validation(vec![validation_item(
