@@ -18,6 +18,7 @@ pub mod events;
 pub mod inventory;
 pub mod ipmi;
 pub mod jinja;
+pub mod metrics;
 pub mod output;
 pub mod percent;
 pub mod scheduler;

@@ -9,6 +9,7 @@
 pub mod audit;
 pub mod inventory;
 pub mod jobs;
+pub mod metrics;
 pub mod migrate;
 pub mod nodes;
 pub mod pools;
@@ -227,6 +228,11 @@ impl Db {
                 msg: other.to_string(),
             },
         })
+    }
+
+    /// The pool's size, idle connections, waiting tasks and limit (for the metrics).
+    pub fn pool_status(&self) -> deadpool_postgres::Status {
+        self.pool.status()
     }
 
     /// `user@host:port/db` (no password), for messages.
