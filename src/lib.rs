@@ -21,6 +21,7 @@ pub mod ipmi;
 pub mod jinja;
 pub mod lax;
 pub mod legacy_import;
+pub mod metrics;
 pub mod output;
 pub mod percent;
 pub mod scheduler;

@@ -564,6 +564,43 @@ fn tasks_is_accepted_and_logged_once_as_unused() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// app.metrics and scheduler.metrics-listen
+
+#[test]
+fn metrics_access_is_validated_and_shown() {
+    let s = Sandbox::new();
+    let open = s.file("open.yaml", "app: {port: 8080}\n");
+    let out = check_ok(&run(&mut s.cmd(), &["-c", &show(&open), "config", "check"]));
+    assert_eq!(
+        line(&out, "Metrics: "),
+        "serve: GET /metrics public (app.metrics); no scheduler listener (scheduler.metrics-listen unset)"
+    );
+    let set = s.file(
+        "set.yaml",
+        "app: {metrics: admin}\nscheduler: {metrics-listen: '127.0.0.1:9465'}\n",
+    );
+    let out = check_ok(&run(&mut s.cmd(), &["-c", &show(&set), "config", "check"]));
+    assert_eq!(
+        line(&out, "Metrics: "),
+        "serve: GET /metrics for admin tenants (app.metrics); scheduler on http://127.0.0.1:9465/metrics"
+    );
+    for (yaml, key) in [
+        ("app: {metrics: yes}", "app.metrics"),
+        (
+            "scheduler: {metrics-listen: 9465}",
+            "scheduler.metrics-listen",
+        ),
+    ] {
+        let f = s.file("bad.yaml", &format!("{yaml}\n"));
+        let e = config_error(&run(&mut s.cmd(), &["-c", &show(&f), "config", "check"]));
+        assert!(
+            e.starts_with(&format!("duffy: config error: {}: {key}: ", show(&f))),
+            "{yaml}: {e}"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // app.anonymous-reads, and the one secret rule in `config check`
 
 #[test]

@@ -45,6 +45,7 @@ use tokio::sync::Semaphore;
 use super::http::{holds_nul, ApiError};
 use crate::config::{AuthLimits, Defaults};
 use crate::db::{tenants, Db};
+use crate::metrics::LabelledCounter;
 use crate::tenant::Tenant;
 
 type HmacSha256 = Hmac<Sha256>;
@@ -153,7 +154,14 @@ pub struct AuthCache {
     /// address → its one bcrypt check at a time
     in_flight: Mutex<HashMap<IpAddr, Arc<Semaphore>>>,
     pool: Arc<Semaphore>,
+    /// refused credentials by reason ([`FAILURE_REASONS`]), for `duffy_auth_failures_total`
+    pub failures: LabelledCounter,
 }
+
+/// Why credentials were refused (the `reason` label of `duffy_auth_failures_total`):
+/// `malformed` Basic header, `wrong_key` (unknown tenant or wrong key, a legacy key in no
+/// usermap entry), `retired_tenant` (403), `backed_off` (429 before any check).
+pub const FAILURE_REASONS: &[&str] = &["malformed", "wrong_key", "retired_tenant", "backed_off"];
 
 impl Default for AuthCache {
     fn default() -> Self {
@@ -175,6 +183,7 @@ impl AuthCache {
             by_pair: Mutex::default(),
             in_flight: Mutex::default(),
             pool: Arc::new(Semaphore::new(limits.bcrypt_workers.max(1) as usize)),
+            failures: LabelledCounter::new(FAILURE_REASONS),
         }
     }
 
@@ -408,7 +417,8 @@ pub async fn authenticate(
     headers: &HeaderMap,
     required: bool,
 ) -> Result<Option<Tenant>, ApiError> {
-    let (user, key) = match parse(headers)? {
+    let creds = parse(headers).inspect_err(|_| cache.failures.inc("malformed"))?;
+    let (user, key) = match creds {
         Creds::None if required => return Err(ApiError::Unauthenticated("Not authenticated")),
         Creds::None => return Ok(None),
         Creds::Basic(u, k) => (u, k),
@@ -422,6 +432,28 @@ pub async fn authenticate(
 /// `Unauthorized`, retired tenant → 403, backed-off client → 429 (see the module's rule). Also
 /// used by the legacy API for its usermap pairs.
 pub async fn verify_pair(
+    db: &Db,
+    cache: &AuthCache,
+    defaults: &Defaults,
+    user: &str,
+    key: &str,
+) -> Result<Tenant, ApiError> {
+    let r = check_pair(db, cache, defaults, user, key).await;
+    match &r {
+        Err(ApiError::TooManyRequests(_)) => cache.failures.inc("backed_off"),
+        Err(ApiError::Detail(s, _)) if *s == hyper::StatusCode::UNAUTHORIZED => {
+            cache.failures.inc("wrong_key")
+        }
+        Err(ApiError::Detail(s, _)) if *s == hyper::StatusCode::FORBIDDEN => {
+            cache.failures.inc("retired_tenant")
+        }
+        _ => {}
+    }
+    r
+}
+
+/// [`verify_pair`] without the counting.
+async fn check_pair(
     db: &Db,
     cache: &AuthCache,
     defaults: &Defaults,

@@ -66,6 +66,22 @@ impl From<TenantError> for ApiError {
     }
 }
 
+/// The index in [`super::ROUTES`] of the template `/api/v1/<rest>` matches, whatever the
+/// method (405s count under their route); `None`: no route.
+pub fn template(rest: &[&str]) -> Option<usize> {
+    Some(match rest {
+        ["pools"] => 0,
+        ["pools", _] => 1,
+        ["sessions"] => 2,
+        ["sessions", _] => 3,
+        ["nodes"] => 4,
+        ["nodes", _] => 5,
+        ["tenants"] => 6,
+        ["tenants", _] => 7,
+        _ => return None,
+    })
+}
+
 /// Dispatch `/api/v1/<rest>`.
 pub async fn route(st: &AppState, req: Request<Incoming>, rest: &[&str]) -> R {
     let m = req.method().clone();
@@ -341,8 +357,11 @@ async fn create_session(st: &AppState, req: Request<Incoming>) -> R {
             ))
         }
     };
+    let start = std::time::Instant::now();
     let s = alloc::create_idempotent(&st.db, &st.cfg, &caller, tenant_id, &specs, idem.as_deref())
-        .await?;
+        .await;
+    st.metrics.allocation("v1", &s, start.elapsed());
+    let s = s?;
     Ok(created("session", s.to_json()))
 }
 

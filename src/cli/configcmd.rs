@@ -60,6 +60,17 @@ pub fn run(cmd: ConfigCmd, cfg: &Config) -> CliResult {
                     b.tube
                 );
             }
+            // stated even when unset: /metrics names tenants and pools
+            let serve = match cfg.app.metrics {
+                crate::config::MetricsAccess::Public => "GET /metrics public",
+                crate::config::MetricsAccess::Admin => "GET /metrics for admin tenants",
+                crate::config::MetricsAccess::Off => "no GET /metrics",
+            };
+            let sched = match &cfg.scheduler.metrics_listen {
+                Some(a) => format!("scheduler on http://{a}/metrics"),
+                None => "no scheduler listener (scheduler.metrics-listen unset)".into(),
+            };
+            println!("Metrics: serve: {serve} (app.metrics); {sched}");
             println!("---");
             print!("{masked}");
         }

@@ -94,7 +94,43 @@ async fn main(a: SchedulerArgs, cfg: Config) -> CliResult {
         }
         return Ok(());
     }
+    if let Some(addr) = s.cfg.scheduler.metrics_addr() {
+        let (host, port) = addr.map_err(CliError::Usage)?;
+        let listener = crate::api::bind(&host, port).await.map_err(|e| {
+            CliError::Other(format!(
+                "scheduler.metrics-listen: cannot listen on {host}:{port}: {e}"
+            ))
+        })?;
+        tracing::info!("metrics on http://{host}:{port}/metrics");
+        tokio::spawn(serve_metrics(listener, s.clone()));
+    }
     scheduler::run_daemon(s, url)
         .await
         .map_err(|e| CliError::Other(e.to_string()))
+}
+
+/// The daemon's `GET /metrics` listener (`scheduler.metrics-listen`): the API's connection
+/// handling (timeouts, at most 16 connections), one path; runs until the process exits.
+async fn serve_metrics(listener: tokio::net::TcpListener, s: Arc<Scheduler>) {
+    use crate::api::http::{json_response, method_not_allowed};
+    use hyper::{Method, StatusCode};
+    let limits = Arc::new(crate::api::server::Limits::new(&s.cfg.app, 16));
+    // never stopped: the listener ends with the process
+    let (_keep, shutdown) = tokio::sync::watch::channel(false);
+    crate::api::serve_with(listener, limits, shutdown, move |req| {
+        let s = s.clone();
+        async move {
+            if req.uri().path() != "/metrics" {
+                return json_response(
+                    StatusCode::NOT_FOUND,
+                    &serde_json::json!({"detail": "Not Found"}),
+                );
+            }
+            if req.method() != Method::GET && req.method() != Method::HEAD {
+                return method_not_allowed("GET");
+            }
+            crate::api::metrics_response(s.render_metrics().await)
+        }
+    })
+    .await;
 }

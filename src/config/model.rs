@@ -239,6 +239,22 @@ pub struct AppConfig {
     /// duffy's own: bounds on the cost of authentication (bcrypt workers, failure back-off).
     #[serde(default)]
     pub auth: AuthLimits,
+    /// duffy's own: who may read `GET /metrics` (Prometheus) on the API listener.
+    #[serde(default)]
+    pub metrics: MetricsAccess,
+}
+
+/// `app.metrics`: access to `GET /metrics` of `duffy serve`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MetricsAccess {
+    /// anyone who reaches the API (what Prometheus exporters usually do; the default)
+    #[default]
+    Public,
+    /// only an admin tenant (HTTP Basic, as the API: Prometheus' `basic_auth`)
+    Admin,
+    /// not served (404)
+    Off,
 }
 
 /// `app.auth`: how much CPU wrong API keys may cost the server (see `api::auth`). Per process.
@@ -354,6 +370,7 @@ impl Default for AppConfig {
             retries: None,
             anonymous_reads: Self::d_anonymous_reads(),
             auth: AuthLimits::default(),
+            metrics: MetricsAccess::default(),
             header_read_timeout: Self::d_header_read(),
             idle_timeout: Self::d_idle(),
             body_read_timeout: Self::d_body_read(),
@@ -487,6 +504,9 @@ pub struct SchedulerConfig {
     /// jobs (playbook runs) one scheduler process runs at the same time
     #[serde(default = "SchedulerConfig::d_jobs")]
     pub max_jobs: u32,
+    /// `HOST:PORT` where the daemon serves `GET /metrics` (Prometheus, no authentication);
+    /// unset: no listener
+    pub metrics_listen: Option<String>,
 }
 
 impl SchedulerConfig {
@@ -544,6 +564,20 @@ impl SchedulerConfig {
             .or_else(|| env("HOME").map(|h| h.join(".local/state")))
             .unwrap_or_else(std::env::temp_dir)
             .join("duffy")
+    }
+
+    /// `metrics-listen` split into host and port (`[v6]:port` accepted); `Err`: why not.
+    pub fn metrics_addr(&self) -> Option<Result<(String, u16), String>> {
+        let a = self.metrics_listen.as_deref()?;
+        let parsed = a.rsplit_once(':').and_then(|(h, p)| {
+            let h = h
+                .strip_prefix('[')
+                .and_then(|h| h.strip_suffix(']'))
+                .unwrap_or(h);
+            let p = p.parse::<u16>().ok().filter(|p| *p > 0)?;
+            (!h.is_empty()).then(|| (h.to_string(), p))
+        });
+        Some(parsed.ok_or_else(|| format!("expected HOST:PORT (port 1-65535), got {a:?}")))
     }
 
     /// `job-log-dir`, else `<state-dir>/jobs`.
@@ -1077,6 +1111,9 @@ impl Config {
         cfg.inventory.check(&cfg.raw)?;
         cfg.legacy_import.check(&cfg)?;
         cfg.events.check(&cfg.raw)?;
+        if let Some(Err(msg)) = cfg.scheduler.metrics_addr() {
+            return Err(cfg.raw.invalid("scheduler.metrics-listen", msg));
+        }
         if let Err((key, msg)) = cfg.app.auth.check() {
             return Err(cfg.raw.invalid(&format!("app.auth.{key}"), msg));
         }

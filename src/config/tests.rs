@@ -1760,3 +1760,39 @@ fn legacy_import_rules() {
         "unknown field `distro`",
     );
 }
+
+#[test]
+fn metrics_access_and_scheduler_listen_address() {
+    let c = ok("{}");
+    assert_eq!(c.app.metrics, MetricsAccess::Public);
+    assert!(c.scheduler.metrics_addr().is_none());
+    assert_eq!(
+        ok("app: {metrics: admin}").app.metrics,
+        MetricsAccess::Admin
+    );
+    assert_eq!(ok("app: {metrics: 'off'}").app.metrics, MetricsAccess::Off);
+    let c = ok("scheduler: {metrics-listen: '127.0.0.1:9465'}");
+    assert_eq!(
+        c.scheduler.metrics_addr(),
+        Some(Ok(("127.0.0.1".to_string(), 9465)))
+    );
+    let c = ok("scheduler: {metrics-listen: '[::1]:9465'}");
+    assert_eq!(
+        c.scheduler.metrics_addr(),
+        Some(Ok(("::1".to_string(), 9465)))
+    );
+    assert_msg(
+        &err(&[("f.yaml", "app: {metrics: everyone}")]),
+        "f.yaml",
+        "app.metrics",
+        "expected one of `public`, `admin`, `off`",
+    );
+    for bad in ["9465", "host:", ":9465", "host:0", "host:70000", "host:x"] {
+        assert_msg(
+            &err(&[("f.yaml", &format!("scheduler: {{metrics-listen: '{bad}'}}"))]),
+            "f.yaml",
+            "scheduler.metrics-listen",
+            "expected HOST:PORT (port 1-65535)",
+        );
+    }
+}

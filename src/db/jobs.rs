@@ -315,13 +315,26 @@ pub async fn fill_count(c: &impl GenericClient, pool: &str) -> Result<i64, DbErr
 // the open-jobs index), and each node is a probe into it. `tests/scheduler.rs` checks the plans'
 // work on 30 000 nodes and 5 000 open jobs.
 
-/// [`fill_count`]'s query (`$1`: the pool).
-pub const FILL_COUNT: &str = "SELECT count(*) FROM nodes n
-     WHERE n.retired_at IS NULL AND n.pool = $1
-       AND (n.state IN ('ready', 'provisioning')
+/// **The** rule of which node `n` (not retired) counts towards its pool's fill level: `ready`,
+/// `provisioning`, or `failed` with a provision job still open (it will be retried). Used by
+/// [`FILL_COUNT`] and by the metrics' pool gauges (`db::metrics`).
+macro_rules! counts_towards_fill {
+    () => {
+        "(n.state IN ('ready', 'provisioning')
             OR (n.state = 'failed' AND n.id IN (
                   SELECT unnest(j.node_ids) FROM duffy_jobs j
-                  WHERE j.kind = 'provision' AND j.state IN ('queued', 'running'))))";
+                  WHERE j.kind = 'provision' AND j.state IN ('queued', 'running'))))"
+    };
+}
+pub(crate) use counts_towards_fill;
+
+/// [`fill_count`]'s query (`$1`: the pool).
+pub const FILL_COUNT: &str = concat!(
+    "SELECT count(*) FROM nodes n
+     WHERE n.retired_at IS NULL AND n.pool = $1
+       AND ",
+    counts_towards_fill!()
+);
 
 /// [`deprovisioning_without_job`]'s query.
 pub const DEPROVISIONING_WITHOUT_JOB: &str =

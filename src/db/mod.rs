@@ -10,6 +10,7 @@ pub mod audit;
 pub mod inventory;
 pub mod jobs;
 pub mod legacy;
+pub mod metrics;
 pub mod migrate;
 pub mod nodes;
 pub mod outbox;
@@ -227,6 +228,11 @@ impl Db {
             deadpool_postgres::PoolError::Backend(pg) => connect_error(&self.target, &pg),
             other => DbError::connect(&self.target, other),
         })
+    }
+
+    /// The pool's size, idle connections, waiting tasks and limit (for the metrics).
+    pub fn pool_status(&self) -> deadpool_postgres::Status {
+        self.pool.status()
     }
 
     /// `user@host:port/db` (no password), for messages.

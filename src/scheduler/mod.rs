@@ -104,6 +104,87 @@ pub enum Outcome {
     Lost,
 }
 
+/// `outcome` of `duffy_scheduler_jobs_total`: [`Outcome`]s, and `interrupted` (the job's
+/// outcome could not be written; it is handed back or taken over).
+const JOB_OUTCOMES: [&str; 5] = ["done", "retried", "failed", "lost", "interrupted"];
+const PASS_RESULTS: &[&str] = &["ok", "failed", "database_unavailable"];
+
+/// What one scheduler process counts for its `GET /metrics` (`scheduler.metrics-listen`); the
+/// database-derived gauges are read at scrape time (`crate::metrics`).
+pub struct SchedulerMetrics {
+    /// (kind, pool, outcome) → jobs this process ran to that outcome
+    jobs: crate::metrics::KeyedCounters,
+    /// (pool, kind, result) → playbook run time
+    playbooks: crate::metrics::KeyedHistograms,
+    /// jobs running now, by kind (provision, deprovision)
+    running: [std::sync::atomic::AtomicI64; 2],
+    /// passes of the daemon's loop by result ([`PASS_RESULTS`])
+    passes: crate::metrics::LabelledCounter,
+    /// when the last pass succeeded (seconds since the epoch, 0: never)
+    last_pass: std::sync::atomic::AtomicU64,
+    db: crate::metrics::DbGauges,
+}
+
+impl SchedulerMetrics {
+    fn new(cfg: &Config) -> SchedulerMetrics {
+        let m = SchedulerMetrics {
+            jobs: Default::default(),
+            playbooks: crate::metrics::KeyedHistograms::new(crate::metrics::PLAYBOOK_BUCKETS),
+            running: Default::default(),
+            passes: crate::metrics::LabelledCounter::new(PASS_RESULTS),
+            last_pass: Default::default(),
+            db: Default::default(),
+        };
+        // every pool's counters exist from the start, so that `increase()` sees the first job
+        for p in cfg.concrete_pools().filter(|p| p.mechanism.is_some()) {
+            for kind in [JobKind::Provision, JobKind::Deprovision] {
+                for o in JOB_OUTCOMES {
+                    m.jobs.touch(&[kind.as_str(), &p.name, o]);
+                }
+            }
+        }
+        m
+    }
+
+    fn kind_index(kind: JobKind) -> usize {
+        match kind {
+            JobKind::Provision => 0,
+            JobKind::Deprovision => 1,
+        }
+    }
+
+    fn pass(&self, r: &Result<Duration, SchedulerError>) {
+        match r {
+            Ok(_) => {
+                self.passes.inc("ok");
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs());
+                self.last_pass
+                    .store(now, std::sync::atomic::Ordering::Relaxed);
+            }
+            Err(e) if e.is_unavailable() => self.passes.inc("database_unavailable"),
+            Err(_) => self.passes.inc("failed"),
+        }
+    }
+}
+
+/// A running job, counted in `SchedulerMetrics::running` until dropped.
+struct Running<'a>(&'a std::sync::atomic::AtomicI64);
+
+impl<'a> Running<'a> {
+    fn new(c: &'a std::sync::atomic::AtomicI64) -> Running<'a> {
+        c.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Running(c)
+    }
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// The shared state of one scheduler process.
 pub struct Scheduler {
     pub db: Db,
@@ -125,6 +206,8 @@ pub struct Scheduler {
     runs: std::sync::OnceLock<Result<rundir::RunDirs, String>>,
     /// pools reported as needing nodes without a provision playbook (reported once each)
     pub no_provision_reported: std::sync::Mutex<Vec<String>>,
+    /// what this process counts for `GET /metrics`
+    pub metrics: SchedulerMetrics,
 }
 
 impl Scheduler {
@@ -148,6 +231,7 @@ impl Scheduler {
             }
         }
         Scheduler {
+            metrics: SchedulerMetrics::new(&cfg),
             db,
             cfg,
             owner,
@@ -204,7 +288,8 @@ impl Scheduler {
         let mech = pool.mechanism.as_ref().expect("pool with a mechanism");
         let topdir = mech.topdir.clone().unwrap_or_else(|| ".".into());
         tracing::info!(job = job.id, pool = %pool.name, nodes = ?ids, playbook, log = %log_path.display(), "running {} playbook", job.kind.as_str());
-        Ok(playbook::run(&playbook::Run {
+        let start = Instant::now();
+        let r = playbook::run(&playbook::Run {
             ansible_playbook: &self.cfg.scheduler.ansible_playbook,
             topdir: &topdir,
             playbook,
@@ -213,7 +298,69 @@ impl Scheduler {
             log_path: &log_path,
             runs: self.runs()?,
         })
-        .await)
+        .await;
+        self.metrics.playbooks.observe(
+            &[
+                &pool.name,
+                job.kind.as_str(),
+                if r.is_ok() { "ok" } else { "failed" },
+            ],
+            start.elapsed(),
+        );
+        Ok(r)
+    }
+
+    /// The text of the scheduler's `GET /metrics`.
+    pub async fn render_metrics(&self) -> String {
+        use std::sync::atomic::Ordering::Relaxed;
+        let m = &self.metrics;
+        let mut out = crate::metrics::Exposition::new();
+        out.family(
+            "duffy_scheduler_jobs_total",
+            "counter",
+            "Jobs this scheduler ran to an end, by kind, pool and outcome (done, retried: failed and queued again, failed: given up, lost: taken over by another scheduler, interrupted: the database went away).",
+        );
+        m.jobs.render(
+            &mut out,
+            "duffy_scheduler_jobs_total",
+            &["kind", "pool", "outcome"],
+        );
+        out.family(
+            "duffy_scheduler_jobs_running",
+            "gauge",
+            "Jobs this scheduler runs now, by kind.",
+        );
+        for kind in [JobKind::Provision, JobKind::Deprovision] {
+            out.sample(
+                "duffy_scheduler_jobs_running",
+                &[("kind", kind.as_str())],
+                m.running[SchedulerMetrics::kind_index(kind)].load(Relaxed) as f64,
+            );
+        }
+        out.family(
+            "duffy_playbook_duration_seconds",
+            "histogram",
+            "Wall-clock time of provision and deprovision playbook runs, by pool, kind and result (ok, failed: the playbook failed or timed out).",
+        );
+        m.playbooks.render(
+            &mut out,
+            "duffy_playbook_duration_seconds",
+            &["pool", "kind", "result"],
+        );
+        out.family(
+            "duffy_scheduler_passes_total",
+            "counter",
+            "Passes of the scheduler's loop (expire, sweep, claim), by result.",
+        );
+        m.passes
+            .render(&mut out, "duffy_scheduler_passes_total", "result");
+        out.gauge(
+            "duffy_scheduler_last_successful_pass_timestamp_seconds",
+            "When the scheduler's last pass succeeded, seconds since the epoch (0: none yet).",
+            m.last_pass.load(Relaxed) as f64,
+        );
+        crate::metrics::render_common(&mut out, &self.cfg, &self.db, &m.db).await;
+        out.finish()
     }
 
     /// Restrict this process to `pools` (`duffy scheduler --pool`; empty: every pool): only they
@@ -404,6 +551,24 @@ impl Scheduler {
 
     /// Run a claimed job to its outcome, renewing its lease meanwhile.
     pub async fn run_job(self: &Arc<Self>, job: Job) -> Outcome {
+        let _running = Running::new(&self.metrics.running[SchedulerMetrics::kind_index(job.kind)]);
+        let outcome = self.run_job_inner(&job).await;
+        let label = match outcome {
+            Ok(Outcome::Done) => "done",
+            Ok(Outcome::Retried) => "retried",
+            Ok(Outcome::Failed) => "failed",
+            Ok(Outcome::Lost) => "lost",
+            Err(()) => "interrupted",
+        };
+        self.metrics
+            .jobs
+            .inc(&[job.kind.as_str(), &job.pool, label]);
+        outcome.unwrap_or(Outcome::Lost)
+    }
+
+    /// [`Scheduler::run_job`]; `Err`: interrupted (the outcome could not be written).
+    async fn run_job_inner(self: &Arc<Self>, job: &Job) -> Result<Outcome, ()> {
+        let job = job.clone();
         let me = self.clone();
         let renew_every = Duration::from_secs_f64(self.lease_secs() / 3.0);
         let renew = async {
@@ -434,7 +599,7 @@ impl Scheduler {
         match res {
             Ok(o) => {
                 tracing::info!(job = job.id, kind = job.kind.as_str(), pool = %job.pool, outcome = ?o, "job finished");
-                o
+                Ok(o)
             }
             Err(e) if e.is_unavailable() => {
                 // the database went away mid-job: the daemon hands the job back when it answers
@@ -444,7 +609,7 @@ impl Scheduler {
                     "job interrupted: {e}; it is handed back (queued again) once the database answers"
                 );
                 self.interrupted.lock().expect("lock").push(job.id);
-                Outcome::Lost
+                Err(())
             }
             Err(e) => {
                 // not an outage: the lease runs out and the job is taken over, the attempt
@@ -453,7 +618,7 @@ impl Scheduler {
                     job = job.id,
                     "job interrupted: {e}; it is retried when its lease expires"
                 );
-                Outcome::Lost
+                Err(())
             }
         }
     }
@@ -767,6 +932,7 @@ pub async fn run_daemon(s: Arc<Scheduler>, url: String) -> Result<(), SchedulerE
             r = pass => r,
             _ = stopped(&mut stop) => break 'run,
         };
+        s.metrics.pass(&res);
         let wait = match res {
             Ok(w) => {
                 if let Some((since, _)) = outage.take() {

@@ -548,3 +548,24 @@ pub fn http_get(port: u16, path: &str) -> (u16, String) {
         .expect("status code");
     (status, body.to_string())
 }
+
+/// `promtool` (`.ci/promtool.sh`: from PATH, else extracted once from Debian's `prometheus`
+/// package into `$DUFFY_PROMTOOL_DIR`, default `<repo>/.venv-promtool`), found once per test
+/// process.
+pub fn promtool() -> &'static Path {
+    static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        let o = Command::new("bash")
+            .arg(repo().join(".ci/promtool.sh"))
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("run .ci/promtool.sh");
+        assert!(
+            o.status.success(),
+            ".ci/promtool.sh failed: {}{}",
+            stdout(&o),
+            stderr(&o)
+        );
+        PathBuf::from(stdout(&o).trim())
+    })
+}

@@ -120,6 +120,7 @@ fn log_v1_failure(what: &str, e: &ApiError) {
 /// `app.anonymous-reads` is false); a key not in the
 /// usermap is an error (403 "Forbidden"). Errors are the 403's detail.
 fn credentials<'a>(
+    st: &AppState,
     lg: &'a Legacy,
     q: &'a HashMap<String, String>,
 ) -> Result<Option<(&'a str, &'a str)>, &'static str> {
@@ -129,16 +130,20 @@ fn credentials<'a>(
     }
     match lg.user(key) {
         Some(name) => Ok(Some((name, key))),
-        None => Err("Forbidden"),
+        None => {
+            st.auth.failures.inc("wrong_key");
+            Err("Forbidden")
+        }
     }
 }
 
 /// [`credentials`], required.
 fn required_credentials<'a>(
+    st: &AppState,
     lg: &'a Legacy,
     q: &'a HashMap<String, String>,
 ) -> Result<(&'a str, &'a str), &'static str> {
-    credentials(lg, q)?.ok_or("Not authenticated")
+    credentials(st, lg, q)?.ok_or("Not authenticated")
 }
 
 /// v1 authentication of the usermap pair (HTTP Basic `name:key` upstream).
@@ -147,7 +152,7 @@ async fn v1_auth(st: &AppState, name: &str, key: &str) -> Result<Tenant, ApiErro
 }
 
 async fn node_get(st: &AppState, lg: &Legacy, q: &HashMap<String, String>) -> Resp {
-    let (name, key) = match required_credentials(lg, q) {
+    let (name, key) = match required_credentials(st, lg, q) {
         Ok(c) => c,
         Err(d) => return detail(StatusCode::FORBIDDEN, d),
     };
@@ -206,7 +211,10 @@ async fn node_get(st: &AppState, lg: &Legacy, q: &HashMap<String, String>) -> Re
             pool,
             quantity: count.min(i64::from(i32::MAX)),
         }];
-        Ok(alloc::create(&st.db, &st.cfg, &tenant, None, &specs).await?)
+        let start = std::time::Instant::now();
+        let s = alloc::create(&st.db, &st.cfg, &tenant, None, &specs).await;
+        st.metrics.allocation("legacy", &s, start.elapsed());
+        Ok(s?)
     }
     .await;
     match result {
@@ -234,7 +242,7 @@ async fn node_update(
     q: &HashMap<String, String>,
     retire: bool,
 ) -> Resp {
-    let (name, key) = match required_credentials(lg, q) {
+    let (name, key) = match required_credentials(st, lg, q) {
         Ok(c) => c,
         Err(d) => return detail(StatusCode::FORBIDDEN, d),
     };
@@ -280,7 +288,7 @@ async fn node_update(
 }
 
 async fn inventory(st: &AppState, lg: &Legacy, q: &HashMap<String, String>) -> Resp {
-    let cred = match credentials(lg, q) {
+    let cred = match credentials(st, lg, q) {
         Ok(c) => c,
         Err(d) => return detail(StatusCode::FORBIDDEN, d),
     };
@@ -383,6 +391,21 @@ fn docs_page() -> Resp {
     r
 }
 
+/// Route templates of the legacy listener (the `route` label of its request metrics), in
+/// [`Route`]'s order, then the 307s and the paths no route matches.
+pub const ROUTES: &[&str] = &[
+    "/Node/get",
+    "/Node/done",
+    "/Node/fail",
+    "/Inventory",
+    "/openapi.json",
+    "/docs",
+    "(redirect)",
+    "(unmatched)",
+];
+const R_REDIRECT: usize = 6;
+const R_UNMATCHED: usize = 7;
+
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Route {
     NodeGet,
@@ -421,12 +444,21 @@ fn slash_redirect(path: &str, query: Option<&str>, headers: &HeaderMap) -> Optio
     super::http::slash_redirect(&alt, query, host)
 }
 
-async fn dispatch(st: &AppState, lg: &Legacy, req: Request<Incoming>) -> Resp {
+async fn dispatch(st: &AppState, lg: &Legacy, req: Request<Incoming>, index: &mut usize) -> Resp {
     let path = req.uri().path();
     let Some(route) = route_of(path) else {
-        return slash_redirect(path, req.uri().query(), req.headers())
-            .unwrap_or_else(|| detail(StatusCode::NOT_FOUND, "Not Found"));
+        return match slash_redirect(path, req.uri().query(), req.headers()) {
+            Some(r) => {
+                *index = R_REDIRECT;
+                r
+            }
+            None => {
+                *index = R_UNMATCHED;
+                detail(StatusCode::NOT_FOUND, "Not Found")
+            }
+        };
     };
+    *index = route as usize;
     let docs = matches!(route, Route::OpenApi | Route::Docs);
     let method = req.method();
     if !(method == Method::GET || docs && method == Method::HEAD) {
@@ -457,10 +489,12 @@ async fn dispatch(st: &AppState, lg: &Legacy, req: Request<Incoming>) -> Resp {
 
 /// Handle one legacy request: dispatch, add `X-Request-Id`, log (never the query: it has the key).
 pub async fn handle(st: Arc<AppState>, lg: Arc<Legacy>, req: Request<Incoming>) -> Resp {
+    let start = std::time::Instant::now();
     let request_id = uuid::Uuid::new_v4().to_string();
     let method = req.method().clone();
     let path = req.uri().path().to_string();
-    let mut resp = dispatch(&st, &lg, req).await;
+    let mut route = R_UNMATCHED;
+    let mut resp = dispatch(&st, &lg, req, &mut route).await;
     tracing::info!(
         "[{request_id}] legacy {method} {path} {}",
         resp.status().as_u16()
@@ -468,6 +502,9 @@ pub async fn handle(st: Arc<AppState>, lg: Arc<Legacy>, req: Request<Incoming>) 
     if let Ok(v) = HeaderValue::from_str(&request_id) {
         resp.headers_mut().insert("x-request-id", v);
     }
+    st.metrics
+        .legacy
+        .observe(route, &method, resp.status(), start.elapsed());
     resp
 }
 
@@ -488,6 +525,14 @@ pub async fn serve(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn route_templates_are_in_route_order() {
+        for (i, path) in ROUTES[..R_REDIRECT].iter().enumerate() {
+            assert_eq!(route_of(path).map(|r| r as usize), Some(i), "{path}");
+        }
+        assert_eq!(ROUTES[R_UNMATCHED], "(unmatched)");
+    }
 
     #[test]
     fn query_strings_parse_like_starlette() {
