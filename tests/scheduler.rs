@@ -1493,7 +1493,17 @@ fn a_job_ending_during_an_outage_runs_again_when_the_database_is_back() {
     proxy.down();
     std::fs::remove_file(&hold).unwrap();
     lab.wait_job_logs("PLAY RECAP", 1, Duration::from_secs(60), "daemon.log");
-    std::thread::sleep(Duration::from_millis(500));
+    // the database comes back only once the scheduler has tried to record the outcome and
+    // failed (a fixed pause here raced a loaded machine: the outcome was then simply recorded)
+    let start = Instant::now();
+    while !lab.log("daemon.log").contains("job interrupted") {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the outcome was never tried during the outage: {}",
+            lab.log("daemon.log")
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     proxy.up();
     let up = Instant::now();
     lab.wait_for(
