@@ -106,7 +106,7 @@ impl ApiMetrics {
     }
 
     /// The text of `GET /metrics`.
-    pub async fn render(&self, st: &AppState) -> String {
+    pub async fn render(&self, app: &AppState) -> String {
         let mut out = Exposition::new();
         metrics::render_requests(&mut out, &[&self.v1, &self.legacy]);
         out.family(
@@ -128,10 +128,10 @@ impl ApiMetrics {
             "counter",
             "Refused credentials (v1 Basic auth and legacy keys), by reason.",
         );
-        st.auth
+        app.auth
             .failures
             .render(&mut out, "duffy_auth_failures_total", "reason");
-        metrics::render_common(&mut out, &st.cfg, &st.db, &self.db).await;
+        metrics::render_common(&mut out, &app.cfg, &app.db, &self.db).await;
         out.finish()
     }
 }
@@ -179,7 +179,7 @@ impl AppState {
 
 /// Route the request; `route` is set to its template's index in [`ROUTES`] (for the metrics).
 async fn dispatch(
-    st: &AppState,
+    app: &AppState,
     req: Request<Incoming>,
     route: &mut usize,
 ) -> Result<Resp, ApiError> {
@@ -214,32 +214,32 @@ async fn dispatch(
             *route = R_DOCS;
             Ok(openapi::docs_page())
         }
-        ["metrics"] if st.cfg.app.metrics != MetricsAccess::Off => {
+        ["metrics"] if app.cfg.app.metrics != MetricsAccess::Off => {
             *route = R_METRICS;
-            serve_metrics(st, &req).await
+            serve_metrics(app, &req).await
         }
         ["api", "v1", rest @ ..] => {
             if let Some(r) = v1::template(rest) {
                 *route = r;
             }
-            v1::route(st, req, rest).await
+            v1::route(app, req, rest).await
         }
         _ => Err(ApiError::not_found()),
     }
 }
 
 /// `GET /metrics` (Prometheus text format), as `app.metrics` allows.
-async fn serve_metrics(st: &AppState, req: &Request<Incoming>) -> Result<Resp, ApiError> {
+async fn serve_metrics(app: &AppState, req: &Request<Incoming>) -> Result<Resp, ApiError> {
     if req.method() != hyper::Method::GET && req.method() != hyper::Method::HEAD {
         return Ok(http::method_not_allowed("GET"));
     }
-    if st.cfg.app.metrics == MetricsAccess::Admin {
-        let caller = st.auth_required(req.headers()).await?;
+    if app.cfg.app.metrics == MetricsAccess::Admin {
+        let caller = app.auth_required(req.headers()).await?;
         if !caller.row.is_admin {
             return Err(ApiError::forbidden());
         }
     }
-    Ok(metrics_response(st.metrics.render(st).await))
+    Ok(metrics_response(app.metrics.render(app).await))
 }
 
 /// A 200 with exposition text.
@@ -253,13 +253,13 @@ pub fn metrics_response(text: String) -> Resp {
 }
 
 /// Handle one request: dispatch, map errors, add `X-Request-Id`, log, count.
-pub async fn handle(st: Arc<AppState>, req: Request<Incoming>) -> Resp {
+pub async fn handle(app: Arc<AppState>, req: Request<Incoming>) -> Resp {
     let start = std::time::Instant::now();
     let request_id = uuid::Uuid::new_v4().to_string();
     let method = req.method().clone();
     let path = req.uri().path().to_string();
     let mut route = R_UNMATCHED;
-    let mut resp = match dispatch(&st, req, &mut route).await {
+    let mut resp = match dispatch(&app, req, &mut route).await {
         Ok(r) => r,
         Err(e) => e.into_response(),
     };
@@ -267,7 +267,7 @@ pub async fn handle(st: Arc<AppState>, req: Request<Incoming>) -> Resp {
     if let Ok(v) = HeaderValue::from_str(&request_id) {
         resp.headers_mut().insert("x-request-id", v);
     }
-    st.metrics
+    app.metrics
         .v1
         .observe(route, &method, resp.status(), start.elapsed());
     resp
@@ -293,10 +293,10 @@ pub async fn serve_v1(
     listener: TcpListener,
     limits: Arc<server::Limits>,
     shutdown: server::Shutdown,
-    st: Arc<AppState>,
+    app: Arc<AppState>,
 ) {
     serve_with(listener, limits, shutdown, move |req| {
-        handle(st.clone(), req)
+        handle(app.clone(), req)
     })
     .await
 }

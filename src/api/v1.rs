@@ -20,7 +20,7 @@ use crate::duration::{parse_config_duration, parse_relative_duration};
 use crate::state::{Actor, NodeState};
 use crate::tenant::{self, ApiKeyChange, NewTenant, Tenant, TenantChanges, TenantError, MASK};
 
-type R = Result<Resp, ApiError>;
+type Reply = Result<Resp, ApiError>;
 
 /// Largest `quantity` / `node_quota` accepted (PostgreSQL `integer`; documented in OpenAPI).
 const MAX_INT: i64 = i32::MAX as i64;
@@ -83,65 +83,67 @@ pub fn template(rest: &[&str]) -> Option<usize> {
 }
 
 /// Dispatch `/api/v1/<rest>`.
-pub async fn route(st: &AppState, req: Request<Incoming>, rest: &[&str]) -> R {
+pub async fn route(app: &AppState, req: Request<Incoming>, rest: &[&str]) -> Reply {
     let m = req.method().clone();
     match (rest, &m) {
         (["pools"], &Method::GET) => {
-            check_reader(st, req.headers()).await?;
-            get_pools(st)
+            check_reader(app, req.headers()).await?;
+            get_pools(app)
         }
         (["pools", name], &Method::GET) => {
-            check_reader(st, req.headers()).await?;
-            get_pool(st, name).await
+            check_reader(app, req.headers()).await?;
+            get_pool(app, name).await
         }
         (["sessions"], &Method::GET) => {
-            let caller = st.auth(req.headers(), !st.cfg.app.anonymous_reads).await?;
-            let list = alloc::list(&st.db, &st.cfg, caller.as_ref()).await?;
+            let caller = app
+                .auth(req.headers(), !app.cfg.app.anonymous_reads)
+                .await?;
+            let list = alloc::list(&app.db, &app.cfg, caller.as_ref()).await?;
             Ok(ok(
                 "get",
                 "sessions",
                 Value::Array(list.iter().map(|s| s.to_json()).collect()),
             ))
         }
-        (["sessions"], &Method::POST) => create_session(st, req).await,
+        (["sessions"], &Method::POST) => create_session(app, req).await,
         (["sessions", id], &Method::GET) => {
-            let caller = st.auth_required(req.headers()).await?;
+            let caller = app.auth_required(req.headers()).await?;
             let id = path_int(id, "id")?;
             Ok(ok(
                 "get",
                 "session",
-                alloc::get(&st.db, &st.cfg, &caller, id).await?.to_json(),
+                alloc::get(&app.db, &app.cfg, &caller, id).await?.to_json(),
             ))
         }
-        (["sessions", id], &Method::PUT) => update_session(st, req, id).await,
+        (["sessions", id], &Method::PUT) => update_session(app, req, id).await,
         (["nodes"], &Method::GET) => {
-            check_reader(st, req.headers()).await?;
+            check_reader(app, req.headers()).await?;
             // every node: streamed in constant memory, at most `HEAVY_READS` at once (the
             // rest wait for a turn instead of each holding the whole list)
-            let turn = st
+            let turn = app
                 .heavy_reads
                 .clone()
                 .acquire_owned()
                 .await
                 .expect("never closed");
-            let c = st.db.get().await?;
+            let c = app.db.get().await?;
             let rows = Box::pin(nodes::stream_active(&**c).await?);
             Ok(streamed_list("get", "nodes", rows, (c, turn), node_model))
         }
-        (["nodes"], &Method::POST) => create_node(st, req).await,
+        (["nodes"], &Method::POST) => create_node(app, req).await,
         (["nodes", id], &Method::GET) => {
-            st.auth_required(req.headers()).await?;
+            app.auth_required(req.headers()).await?;
             let id = path_int(id, "id")?;
-            let c = st.db.get().await?;
+            let c = app.db.get().await?;
             let n = nodes::get(&**c, id)
                 .await?
                 .ok_or_else(ApiError::not_found)?;
             Ok(ok("get", "node", node_model(&n)))
         }
         (["tenants"], &Method::GET) => {
-            let caller = st.auth_required(req.headers()).await?;
+            let caller = app.auth_required(req.headers()).await?;
             let list = if caller.row.is_admin {
-                tenant::list(&st.db, &st.cfg.defaults, true).await?
+                tenant::list(&app.db, &app.cfg.defaults, true).await?
             } else {
                 vec![caller]
             };
@@ -151,11 +153,11 @@ pub async fn route(st: &AppState, req: Request<Incoming>, rest: &[&str]) -> R {
                 Value::Array(list.iter().map(|t| t.to_json(false, None)).collect()),
             ))
         }
-        (["tenants"], &Method::POST) => create_tenant(st, req).await,
+        (["tenants"], &Method::POST) => create_tenant(app, req).await,
         (["tenants", id], &Method::GET) => {
-            let caller = st.auth_required(req.headers()).await?;
+            let caller = app.auth_required(req.headers()).await?;
             let id = path_int(id, "id")?;
-            let t = tenant::get_by_id(&st.db, &st.cfg.defaults, id)
+            let t = tenant::get_by_id(&app.db, &app.cfg.defaults, id)
                 .await?
                 .ok_or_else(ApiError::not_found)?;
             if !caller.row.is_admin && caller.row.id != t.row.id {
@@ -163,7 +165,7 @@ pub async fn route(st: &AppState, req: Request<Incoming>, rest: &[&str]) -> R {
             }
             Ok(ok("get", "tenant", t.to_json(false, None)))
         }
-        (["tenants", id], &Method::PUT) => update_tenant(st, req, id).await,
+        (["tenants", id], &Method::PUT) => update_tenant(app, req, id).await,
         (["pools"] | ["pools", _] | ["nodes", _], _) => Ok(method_not_allowed("GET")),
         (["sessions"] | ["nodes"] | ["tenants"], _) => Ok(method_not_allowed("GET, POST")),
         (["sessions", _] | ["tenants", _], _) => Ok(method_not_allowed("GET, PUT")),
@@ -175,9 +177,9 @@ pub async fn route(st: &AppState, req: Request<Incoming>, rest: &[&str]) -> R {
 /// authenticates optionally): with `app.anonymous-reads: false` they need a tenant — 401 `Not
 /// authenticated` without credentials, as upstream's required-auth endpoints. With the default
 /// (`true`) credentials are not even looked at, as upstream.
-async fn check_reader(st: &AppState, h: &hyper::HeaderMap) -> Result<(), ApiError> {
-    if !st.cfg.app.anonymous_reads {
-        st.auth_required(h).await?;
+async fn check_reader(app: &AppState, h: &hyper::HeaderMap) -> Result<(), ApiError> {
+    if !app.cfg.app.anonymous_reads {
+        app.auth_required(h).await?;
     }
     Ok(())
 }
@@ -197,8 +199,8 @@ fn node_model(n: &nodes::Node) -> Value {
     Value::Object(m)
 }
 
-fn get_pools(st: &AppState) -> R {
-    let pools: Vec<Value> = st
+fn get_pools(app: &AppState) -> Reply {
+    let pools: Vec<Value> = app
         .cfg
         .concrete_pools()
         .filter_map(|p| {
@@ -209,15 +211,15 @@ fn get_pools(st: &AppState) -> R {
     Ok(ok("get", "pools", Value::Array(pools)))
 }
 
-async fn get_pool(st: &AppState, name: &str) -> R {
-    let pool = st.cfg.pool(name).ok_or_else(ApiError::not_found)?;
+async fn get_pool(app: &AppState, name: &str) -> Reply {
+    let pool = app.cfg.pool(name).ok_or_else(ApiError::not_found)?;
     let Some(fill) = pool.fill_level else {
         return Err(ApiError::unprocessable("Unprocessable Entity"));
     };
-    let counts = st
+    let counts = app
         .levels
         .run(name, || async {
-            let c = st.db.get().await.map_err(|e| e.to_string())?;
+            let c = app.db.get().await.map_err(|e| e.to_string())?;
             nodes::pool_levels(&**c, name)
                 .await
                 .map_err(|e| e.to_string())
@@ -228,7 +230,7 @@ async fn get_pool(st: &AppState, name: &str) -> R {
     for s in NodeState::LEVELS {
         let n = counts
             .iter()
-            .find(|(st, _)| *st == s)
+            .find(|(app, _)| *app == s)
             .map(|(_, n)| *n)
             .unwrap_or(0);
         levels.insert(s.as_str().into(), json!(n));
@@ -254,8 +256,8 @@ fn idempotency_key(h: &hyper::HeaderMap) -> Result<Option<String>, ApiError> {
     Ok(Some(String::from_utf8_lossy(b).into_owned()))
 }
 
-async fn create_session(st: &AppState, req: Request<Incoming>) -> R {
-    let caller = st.auth_required(req.headers()).await?;
+async fn create_session(app: &AppState, req: Request<Incoming>) -> Reply {
+    let caller = app.auth_required(req.headers()).await?;
     let idem = idempotency_key(req.headers())?;
     let v = read_json(req).await?;
     let mut b = Body::new(&v)?;
@@ -358,9 +360,16 @@ async fn create_session(st: &AppState, req: Request<Incoming>) -> R {
         }
     };
     let start = std::time::Instant::now();
-    let s = alloc::create_idempotent(&st.db, &st.cfg, &caller, tenant_id, &specs, idem.as_deref())
-        .await;
-    st.metrics.allocation("v1", &s, start.elapsed());
+    let s = alloc::create_idempotent(
+        &app.db,
+        &app.cfg,
+        &caller,
+        tenant_id,
+        &specs,
+        idem.as_deref(),
+    )
+    .await;
+    app.metrics.allocation("v1", &s, start.elapsed());
     let s = s?;
     Ok(created("session", s.to_json()))
 }
@@ -422,8 +431,8 @@ fn parse_iso_naive(s: &str) -> Option<chrono::NaiveDateTime> {
         .and_then(|d| d.and_hms_opt(0, 0, 0))
 }
 
-async fn update_session(st: &AppState, req: Request<Incoming>, id: &str) -> R {
-    let caller = st.auth_required(req.headers()).await?;
+async fn update_session(app: &AppState, req: Request<Incoming>, id: &str) -> Reply {
+    let caller = app.auth_required(req.headers()).await?;
     let id = path_int(id, "id")?;
     let v = read_json(req).await?;
     let mut b = Body::new(&v)?;
@@ -444,12 +453,12 @@ async fn update_session(st: &AppState, req: Request<Incoming>, id: &str) -> R {
         },
     };
     b.finish()?;
-    let s = alloc::update(&st.db, &st.cfg, &caller, id, active, expires).await?;
+    let s = alloc::update(&app.db, &app.cfg, &caller, id, active, expires).await?;
     Ok(ok("put", "session", s.to_json()))
 }
 
-async fn create_node(st: &AppState, req: Request<Incoming>) -> R {
-    let caller = st.auth_required(req.headers()).await?;
+async fn create_node(app: &AppState, req: Request<Incoming>) -> Reply {
+    let caller = app.auth_required(req.headers()).await?;
     if !caller.row.is_admin {
         return Err(ApiError::forbidden());
     }
@@ -509,7 +518,7 @@ async fn create_node(st: &AppState, req: Request<Incoming>) -> R {
         }
     };
     b.finish()?;
-    let mut conn = st.db.get().await?;
+    let mut conn = app.db.get().await?;
     let tx = conn.transaction().await.map_err(crate::db::DbError::from)?;
     let n = match nodes::insert(
         &*tx,
@@ -596,8 +605,8 @@ fn quota(b: &mut Body) -> Option<Option<u32>> {
     }
 }
 
-async fn create_tenant(st: &AppState, req: Request<Incoming>) -> R {
-    let caller = st.auth_required(req.headers()).await?;
+async fn create_tenant(app: &AppState, req: Request<Incoming>) -> Reply {
+    let caller = app.auth_required(req.headers()).await?;
     if !caller.row.is_admin {
         return Err(ApiError::forbidden());
     }
@@ -611,8 +620,8 @@ async fn create_tenant(st: &AppState, req: Request<Incoming>) -> R {
     let session_lifetime_max = lifetime(&mut b, "session_lifetime_max").flatten();
     b.finish()?;
     let (t, key) = tenant::create(
-        &st.db,
-        &st.cfg.defaults,
+        &app.db,
+        &app.cfg.defaults,
         &NewTenant {
             name: name.unwrap_or_default(),
             ssh_key: ssh_key.unwrap_or_default(),
@@ -638,8 +647,8 @@ const UPDATE_KEYS: [&str; 5] = [
     "session_lifetime_max",
 ];
 
-async fn update_tenant(st: &AppState, req: Request<Incoming>, id: &str) -> R {
-    let caller = st.auth_required(req.headers()).await?;
+async fn update_tenant(app: &AppState, req: Request<Incoming>, id: &str) -> Reply {
+    let caller = app.auth_required(req.headers()).await?;
     let id = path_int(id, "id")?;
     let v = read_json(req).await?;
     let mut b = Body::new(&v)?;
@@ -691,7 +700,7 @@ async fn update_tenant(st: &AppState, req: Request<Incoming>, id: &str) -> R {
     if !caller.row.is_admin {
         return Err(ApiError::forbidden());
     }
-    let target = tenant::get_by_id(&st.db, &st.cfg.defaults, id)
+    let target = tenant::get_by_id(&app.db, &app.cfg.defaults, id)
         .await?
         .ok_or_else(ApiError::not_found)?;
     let unretire_only = !is_update && active == Some(true);
@@ -703,8 +712,8 @@ async fn update_tenant(st: &AppState, req: Request<Incoming>, id: &str) -> R {
     }
     if is_update {
         let (t, new_key) = tenant::update(
-            &st.db,
-            &st.cfg.defaults,
+            &app.db,
+            &app.cfg.defaults,
             &target.row.name,
             &ch,
             &caller.row.name,
@@ -716,8 +725,8 @@ async fn update_tenant(st: &AppState, req: Request<Incoming>, id: &str) -> R {
         return Ok(ok("put", "tenant", t.to_json(false, Some(json!(shown)))));
     }
     let t: Tenant = tenant::set_retired(
-        &st.db,
-        &st.cfg.defaults,
+        &app.db,
+        &app.cfg.defaults,
         &target.row.name,
         active == Some(false),
         &caller.row.name,

@@ -58,9 +58,9 @@ const FAIL_EXTENSION_MS: i64 = 6 * 3600 * 1000;
 
 /// Query parameters as Starlette reads them: `parse_qsl(keep_blank_values=True)` (`+` is a
 /// space, bad `%` escapes kept, invalid UTF-8 replaced), the last of a repeated name wins.
-fn query_params(q: Option<&str>) -> HashMap<String, String> {
+fn query_params(params: Option<&str>) -> HashMap<String, String> {
     let mut m = HashMap::new();
-    for part in q.unwrap_or("").split('&') {
+    for part in params.unwrap_or("").split('&') {
         if part.is_empty() {
             continue;
         }
@@ -120,18 +120,18 @@ fn log_v1_failure(what: &str, e: &ApiError) {
 /// `app.anonymous-reads` is false); a key not in the
 /// usermap is an error (403 "Forbidden"). Errors are the 403's detail.
 fn credentials<'a>(
-    st: &AppState,
-    lg: &'a Legacy,
-    q: &'a HashMap<String, String>,
+    app: &AppState,
+    legacy: &'a Legacy,
+    params: &'a HashMap<String, String>,
 ) -> Result<Option<(&'a str, &'a str)>, &'static str> {
-    let key = q.get("key").map(String::as_str).unwrap_or("");
+    let key = params.get("key").map(String::as_str).unwrap_or("");
     if key.is_empty() {
         return Ok(None);
     }
-    match lg.user(key) {
+    match legacy.user(key) {
         Some(name) => Ok(Some((name, key))),
         None => {
-            st.auth.failures.inc("wrong_key");
+            app.auth.failures.inc("wrong_key");
             Err("Forbidden")
         }
     }
@@ -139,27 +139,27 @@ fn credentials<'a>(
 
 /// [`credentials`], required.
 fn required_credentials<'a>(
-    st: &AppState,
-    lg: &'a Legacy,
-    q: &'a HashMap<String, String>,
+    app: &AppState,
+    legacy: &'a Legacy,
+    params: &'a HashMap<String, String>,
 ) -> Result<(&'a str, &'a str), &'static str> {
-    credentials(st, lg, q)?.ok_or("Not authenticated")
+    credentials(app, legacy, params)?.ok_or("Not authenticated")
 }
 
 /// v1 authentication of the usermap pair (HTTP Basic `name:key` upstream).
-async fn v1_auth(st: &AppState, name: &str, key: &str) -> Result<Tenant, ApiError> {
-    auth::verify_pair(&st.db, &st.auth, &st.cfg.defaults, name, key).await
+async fn v1_auth(app: &AppState, name: &str, key: &str) -> Result<Tenant, ApiError> {
+    auth::verify_pair(&app.db, &app.auth, &app.cfg.defaults, name, key).await
 }
 
-async fn node_get(st: &AppState, lg: &Legacy, q: &HashMap<String, String>) -> Resp {
-    let (name, key) = match required_credentials(st, lg, q) {
+async fn node_get(app: &AppState, legacy: &Legacy, params: &HashMap<String, String>) -> Resp {
+    let (name, key) = match required_credentials(app, legacy, params) {
         Ok(c) => c,
         Err(d) => return detail(StatusCode::FORBIDDEN, d),
     };
-    let ver = q.get("ver").map(String::as_str).unwrap_or("7");
-    let arch = q.get("arch").map(String::as_str).unwrap_or("x86_64");
-    let flavor = q.get("flavor").map(String::as_str);
-    let count = match q.get("count") {
+    let ver = params.get("ver").map(String::as_str).unwrap_or("7");
+    let arch = params.get("arch").map(String::as_str).unwrap_or("x86_64");
+    let flavor = params.get("flavor").map(String::as_str);
+    let count = match params.get("count") {
         None => 1,
         Some(s) => match crate::lax::int_str(s) {
             Some(n) => n,
@@ -174,7 +174,7 @@ async fn node_get(st: &AppState, lg: &Legacy, q: &HashMap<String, String>) -> Re
             }
         },
     };
-    let pool = match lg.lookup_pool(Some(ver), Some(arch), flavor) {
+    let pool = match legacy.lookup_pool(Some(ver), Some(arch), flavor) {
         Ok(p) => p,
         Err(e) => {
             tracing::warn!(
@@ -186,7 +186,7 @@ async fn node_get(st: &AppState, lg: &Legacy, q: &HashMap<String, String>) -> Re
     };
     // what `POST /api/v1/sessions {"nodes_specs": [{"quantity": count, "pool": pool}]}` does
     let result: Result<alloc::SessionView, ApiError> = async {
-        let tenant = v1_auth(st, name, key).await?;
+        let tenant = v1_auth(app, name, key).await?;
         let Some(pool) = pool else {
             return Err(ApiError::Validation(vec![validation_item(
                 "string_type",
@@ -212,8 +212,8 @@ async fn node_get(st: &AppState, lg: &Legacy, q: &HashMap<String, String>) -> Re
             quantity: count.min(i64::from(i32::MAX)),
         }];
         let start = std::time::Instant::now();
-        let s = alloc::create(&st.db, &st.cfg, &tenant, None, &specs).await;
-        st.metrics.allocation("legacy", &s, start.elapsed());
+        let s = alloc::create(&app.db, &app.cfg, &tenant, None, &specs).await;
+        app.metrics.allocation("legacy", &s, start.elapsed());
         Ok(s?)
     }
     .await;
@@ -222,7 +222,7 @@ async fn node_get(st: &AppState, lg: &Legacy, q: &HashMap<String, String>) -> Re
             StatusCode::OK,
             &json!({
                 "ssid": s.row.id,
-                "hosts": s.nodes.iter().map(|n| lg.mangle_hostname(n.hostname.as_deref())).collect::<Vec<_>>(),
+                "hosts": s.nodes.iter().map(|n| legacy.mangle_hostname(n.hostname.as_deref())).collect::<Vec<_>>(),
             }),
         ),
         Err(e) => {
@@ -237,21 +237,21 @@ async fn node_get(st: &AppState, lg: &Legacy, q: &HashMap<String, String>) -> Re
 
 /// `/Node/done` (retire) and `/Node/fail` (extend by 6 hours).
 async fn node_update(
-    st: &AppState,
-    lg: &Legacy,
-    q: &HashMap<String, String>,
+    app: &AppState,
+    legacy: &Legacy,
+    params: &HashMap<String, String>,
     retire: bool,
 ) -> Resp {
-    let (name, key) = match required_credentials(st, lg, q) {
+    let (name, key) = match required_credentials(app, legacy, params) {
         Ok(c) => c,
         Err(d) => return detail(StatusCode::FORBIDDEN, d),
     };
-    let Some(ssid) = q.get("ssid").filter(|s| !s.is_empty()) else {
+    let Some(ssid) = params.get("ssid").filter(|s| !s.is_empty()) else {
         return text(PARAMS_ABSENT);
     };
     // what `PUT /api/v1/sessions/{ssid}` with `{"active": false}` / `{"expires_at": "+6h"}` does
     let result: Result<(), ApiError> = async {
-        let tenant = v1_auth(st, name, key).await?;
+        let tenant = v1_auth(app, name, key).await?;
         let id = crate::lax::int_str(ssid)
             .and_then(|n| i32::try_from(n).ok())
             .ok_or_else(|| {
@@ -267,7 +267,7 @@ async fn node_update(
         } else {
             (None, Some(Expiry::Relative(FAIL_EXTENSION_MS)))
         };
-        alloc::update(&st.db, &st.cfg, &tenant, id, active, expires).await?;
+        alloc::update(&app.db, &app.cfg, &tenant, id, active, expires).await?;
         Ok(())
     }
     .await;
@@ -287,8 +287,8 @@ async fn node_update(
     }
 }
 
-async fn inventory(st: &AppState, lg: &Legacy, q: &HashMap<String, String>) -> Resp {
-    let cred = match credentials(st, lg, q) {
+async fn inventory(app: &AppState, legacy: &Legacy, params: &HashMap<String, String>) -> Resp {
+    let cred = match credentials(app, legacy, params) {
         Ok(c) => c,
         Err(d) => return detail(StatusCode::FORBIDDEN, d),
     };
@@ -296,8 +296,8 @@ async fn inventory(st: &AppState, lg: &Legacy, q: &HashMap<String, String>) -> R
         Some((name, key)) => {
             // `GET /api/v1/sessions` as the tenant: its active sessions (all of them for admins)
             let result: Result<Vec<alloc::SessionView>, ApiError> = async {
-                let tenant = v1_auth(st, name, key).await?;
-                Ok(alloc::list(&st.db, &st.cfg, Some(&tenant)).await?)
+                let tenant = v1_auth(app, name, key).await?;
+                Ok(alloc::list(&app.db, &app.cfg, Some(&tenant)).await?)
             }
             .await;
             match result {
@@ -306,7 +306,7 @@ async fn inventory(st: &AppState, lg: &Legacy, q: &HashMap<String, String>) -> R
                         .iter()
                         .flat_map(|s| {
                             s.nodes.iter().map(move |n| {
-                                json!([lg.mangle_hostname(n.hostname.as_deref()), s.row.id])
+                                json!([legacy.mangle_hostname(n.hostname.as_deref()), s.row.id])
                             })
                         })
                         .collect();
@@ -324,8 +324,8 @@ async fn inventory(st: &AppState, lg: &Legacy, q: &HashMap<String, String>) -> R
         }
         // `app.anonymous-reads: false` closes this mirror of anonymous `GET /api/v1/sessions`
         // too, with this API's answer to a missing key
-        None if !st.cfg.app.anonymous_reads => detail(StatusCode::FORBIDDEN, "Not authenticated"),
-        None => match alloc::list(&st.db, &st.cfg, None).await {
+        None if !app.cfg.app.anonymous_reads => detail(StatusCode::FORBIDDEN, "Not authenticated"),
+        None => match alloc::list(&app.db, &app.cfg, None).await {
             // anonymous `GET /api/v1/sessions`: every tenant's active sessions
             Ok(sessions) => {
                 let rows: Vec<Value> = sessions
@@ -334,7 +334,7 @@ async fn inventory(st: &AppState, lg: &Legacy, q: &HashMap<String, String>) -> R
                         s.nodes.iter().map(move |n| {
                             json!([
                                 n.id,
-                                lg.mangle_hostname(n.hostname.as_deref()),
+                                legacy.mangle_hostname(n.hostname.as_deref()),
                                 n.ipaddr,
                                 null,
                                 0,
@@ -444,7 +444,12 @@ fn slash_redirect(path: &str, query: Option<&str>, headers: &HeaderMap) -> Optio
     super::http::slash_redirect(&alt, query, host)
 }
 
-async fn dispatch(st: &AppState, lg: &Legacy, req: Request<Incoming>, index: &mut usize) -> Resp {
+async fn dispatch(
+    app: &AppState,
+    legacy: &Legacy,
+    req: Request<Incoming>,
+    index: &mut usize,
+) -> Resp {
     let path = req.uri().path();
     let Some(route) = route_of(path) else {
         return match slash_redirect(path, req.uri().query(), req.headers()) {
@@ -469,12 +474,12 @@ async fn dispatch(st: &AppState, lg: &Legacy, req: Request<Incoming>, index: &mu
         );
         return r;
     }
-    let q = query_params(req.uri().query());
+    let params = query_params(req.uri().query());
     match route {
-        Route::NodeGet => node_get(st, lg, &q).await,
-        Route::NodeDone => node_update(st, lg, &q, true).await,
-        Route::NodeFail => node_update(st, lg, &q, false).await,
-        Route::Inventory => inventory(st, lg, &q).await,
+        Route::NodeGet => node_get(app, legacy, &params).await,
+        Route::NodeDone => node_update(app, legacy, &params, true).await,
+        Route::NodeFail => node_update(app, legacy, &params, false).await,
+        Route::Inventory => inventory(app, legacy, &params).await,
         Route::OpenApi => {
             let mut r = hyper::Response::new(super::http::full(bytes::Bytes::from_static(
                 OPENAPI.as_bytes(),
@@ -488,13 +493,13 @@ async fn dispatch(st: &AppState, lg: &Legacy, req: Request<Incoming>, index: &mu
 }
 
 /// Handle one legacy request: dispatch, add `X-Request-Id`, log (never the query: it has the key).
-pub async fn handle(st: Arc<AppState>, lg: Arc<Legacy>, req: Request<Incoming>) -> Resp {
+pub async fn handle(app: Arc<AppState>, legacy: Arc<Legacy>, req: Request<Incoming>) -> Resp {
     let start = std::time::Instant::now();
     let request_id = uuid::Uuid::new_v4().to_string();
     let method = req.method().clone();
     let path = req.uri().path().to_string();
     let mut route = R_UNMATCHED;
-    let mut resp = dispatch(&st, &lg, req, &mut route).await;
+    let mut resp = dispatch(&app, &legacy, req, &mut route).await;
     tracing::info!(
         "[{request_id}] legacy {method} {path} {}",
         resp.status().as_u16()
@@ -502,7 +507,7 @@ pub async fn handle(st: Arc<AppState>, lg: Arc<Legacy>, req: Request<Incoming>) 
     if let Ok(v) = HeaderValue::from_str(&request_id) {
         resp.headers_mut().insert("x-request-id", v);
     }
-    st.metrics
+    app.metrics
         .legacy
         .observe(route, &method, resp.status(), start.elapsed());
     resp
@@ -513,11 +518,11 @@ pub async fn serve(
     listener: TcpListener,
     limits: Arc<super::server::Limits>,
     shutdown: super::server::Shutdown,
-    st: Arc<AppState>,
-    lg: Arc<Legacy>,
+    app: Arc<AppState>,
+    legacy: Arc<Legacy>,
 ) {
     super::serve_with(listener, limits, shutdown, move |req| {
-        handle(st.clone(), lg.clone(), req)
+        handle(app.clone(), legacy.clone(), req)
     })
     .await
 }
@@ -536,15 +541,15 @@ mod tests {
 
     #[test]
     fn query_strings_parse_like_starlette() {
-        let q = query_params(Some(
+        let params = query_params(Some(
             "key=a%2Bb+c&count=1&count=2&flag&=x&bad=%zz%4&u=%C3%A9%ff",
         ));
-        assert_eq!(q["key"], "a+b c");
-        assert_eq!(q["count"], "2");
-        assert_eq!(q["flag"], "");
-        assert_eq!(q[""], "x");
-        assert_eq!(q["bad"], "%zz%4");
-        assert_eq!(q["u"], "é\u{fffd}");
+        assert_eq!(params["key"], "a+b c");
+        assert_eq!(params["count"], "2");
+        assert_eq!(params["flag"], "");
+        assert_eq!(params[""], "x");
+        assert_eq!(params["bad"], "%zz%4");
+        assert_eq!(params["u"], "é\u{fffd}");
         assert!(query_params(None).is_empty());
     }
 }
