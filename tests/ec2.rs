@@ -16,7 +16,12 @@
 //! - `shipped_pools_fill_lend_retire_refill`: `duffy serve` + `duffy scheduler` with the shipped
 //!   pool file (overridden: endpoint, AMIs, subnet, security group, SSH port and key, fill
 //!   levels, `contextualize: none`), t2 (x86_64), c6g (aarch64) and c5n.metal pools: fill,
-//!   `duffy client request-session`, quota, retire → terminated → `done` → refilled.
+//!   `duffy client request-session`, quota, retire → terminated → `done` → refilled;
+//! - `cloud_errors_fail_cleanly_with_back_off`: AWS's error codes, answered by
+//!   `tests/ec2/faulty.py` in front of moto (moto itself never produces them), and an instance
+//!   that never becomes reachable, through the scheduler;
+//! - `sigkill_mid_provision_leaves_one_instance_per_node`: the scheduler SIGKILLed between
+//!   "instance started" and "node recorded".
 mod common;
 
 use std::net::TcpListener;
@@ -293,6 +298,11 @@ impl Sshd {
     fn authorize(&self, key: &Path) {
         let public = std::fs::read_to_string(key.with_extension("pub")).unwrap();
         std::fs::write(self.dir.path().join("authorized_keys"), public).unwrap();
+    }
+
+    /// Let no key in (cloud-init has not run yet).
+    fn deauthorize(&self) {
+        std::fs::write(self.dir.path().join("authorized_keys"), "").unwrap();
     }
 
     fn log(&self) -> String {
@@ -572,115 +582,210 @@ impl Drop for Daemon {
 }
 
 const T2: &str = "virt-ec2-t2-centos-9s-x86_64";
+const T2_10: &str = "virt-ec2-t2-centos-10s-x86_64";
 const C6G: &str = "virt-ec2-c6g-centos-9s-aarch64";
 const C5N: &str = "metal-ec2-c5n-centos-9s-x86_64";
 
-/// `serve` + `scheduler` with the shipped `etc/pools/70_nodepools-ec2.yaml` (copied verbatim
-/// into a config directory; a later file overrides only the endpoint, AMIs, subnet, security
-/// group, SSH port and key, three pools' fill levels and `contextualize: none`; the scheduler
-/// fills only those three, `--pool`), in the shipped region:
-/// the pools fill with instances of the right type/AMI/tags, `duffy client request-session`
-/// lends them within the tenant's quota, the pools refill, retiring terminates the instances,
-/// the nodes end `done`, and no instance is left without a live node.
-#[test]
-fn shipped_pools_fill_lend_retire_refill() {
-    let r = Region::new("us-east-1", 6);
-    let sshd = Sshd::start(r.net);
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    let key = d.join("duffy_key");
-    keygen(&key);
-    sshd.authorize(&key);
-    let db = TestDb::empty();
-    let conf = d.join("config");
-    std::fs::create_dir(&conf).unwrap();
-    std::fs::write(
-        conf.join("00_duffy.yaml"),
-        format!(
-            "database:\n  sqlalchemy:\n    sync_url: {url}\n{DEFAULTS_YAML}\
-             scheduler:\n  ansible-playbook: {ap}\n  job-log-dir: {d}/jobs\n  state-dir: {d}/state\n  \
-             retry-delay: 1s\n  fill-interval: 1h\n  expire-interval: 1h\n  playbook-timeout: 120s\n",
-            url = db.url,
-            ap = venvs().ec2.join("bin/ansible-playbook").display(),
-            d = d.display(),
-        ),
-    )
-    .unwrap();
-    std::fs::copy(
-        repo().join("etc/pools/70_nodepools-ec2.yaml"),
-        conf.join("70_nodepools-ec2.yaml"),
-    )
-    .unwrap();
-    let fill = [(T2, 2), (C6G, 1), (C5N, 1)];
-    let mut over = format!(
-        "nodepools:\n  abstract:\n    ec2:\n      contextualize: none\n      mechanism:\n        ansible:\n          extra-vars:\n            \
-         aws_ec2_endpoint_url: {url}\n            aws_ec2_subnets: [{subnet}]\n            \
-         aws_ec2_security_groups: [{sg}]\n            aws_ec2_ssh_port: {port}\n            \
-         aws_ec2_ssh_key_file: {key}\n            aws_ec2_ssh_poll: 1\n  concrete:\n",
-        url = moto(),
-        subnet = r.subnet,
-        sg = r.security_group,
-        port = sshd.port,
-        key = key.display(),
-    );
-    for (pool, ami) in [
-        (T2, "centos-9s-x86_64"),
-        ("virt-ec2-t2-centos-10s-x86_64", "centos-10s-x86_64"),
-        (C6G, "centos-9s-aarch64"),
-        ("virt-ec2-c6g-centos-10s-aarch64", "centos-10s-aarch64"),
-        (C5N, "centos-9s-x86_64"),
-        ("metal-ec2-c5n-centos-10s-x86_64", "centos-10s-x86_64"),
-    ] {
-        over.push_str(&format!("    {pool}:\n      image_id: {}\n", r.ami(ami)));
-        if let Some((_, level)) = fill.iter().find(|f| f.0 == pool) {
-            over.push_str(&format!("      fill-level: {level}\n"));
+/// duffy with the shipped `etc/pools/70_nodepools-ec2.yaml`, copied verbatim into a config
+/// directory after the database/scheduler settings and before `90_test.yaml`, which overrides
+/// only the endpoint, AMIs, subnet, security group, the SSH port and key (the region's `Sshd`,
+/// which lets the key in), `contextualize: none`, and the fill levels of the pools in `fill` —
+/// and the region unless it is the shipped one (moto keeps regions apart: one per test) —
+/// the only pools the scheduler fills (`--pool`). `extra`: more keys of a concrete pool (YAML
+/// lines at 6 spaces).
+struct Stack {
+    r: Region,
+    sshd: Sshd,
+    dir: tempfile::TempDir,
+    conf: PathBuf,
+    db: TestDb,
+    key: PathBuf,
+    fill: Vec<(&'static str, u32)>,
+    sched: Option<Daemon>,
+    scheds: usize,
+}
+
+impl Stack {
+    fn new(
+        r: Region,
+        fill: &[(&'static str, u32)],
+        scheduler: &str,
+        extra: &[(&str, String)],
+    ) -> Stack {
+        let sshd = Sshd::start(r.net);
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let key = d.join("duffy_key");
+        keygen(&key);
+        sshd.authorize(&key);
+        let db = TestDb::empty();
+        let conf = d.join("config");
+        std::fs::create_dir(&conf).unwrap();
+        std::fs::write(
+            conf.join("00_duffy.yaml"),
+            format!(
+                "database:\n  sqlalchemy:\n    sync_url: {url}\n{DEFAULTS_YAML}\
+                 scheduler:\n  ansible-playbook: {ap}\n  job-log-dir: {d}/jobs\n  state-dir: {d}/state\n  \
+                 retry-delay: 1s\n  fill-interval: 1h\n  expire-interval: 1h\n  playbook-timeout: 120s\n{scheduler}",
+                url = db.url,
+                ap = venvs().ec2.join("bin/ansible-playbook").display(),
+                d = d.display(),
+            ),
+        )
+        .unwrap();
+        std::fs::copy(
+            repo().join("etc/pools/70_nodepools-ec2.yaml"),
+            conf.join("70_nodepools-ec2.yaml"),
+        )
+        .unwrap();
+        let mut over = format!(
+            "nodepools:\n  abstract:\n    ec2:\n      contextualize: none\n      mechanism:\n        ansible:\n          extra-vars:\n            \
+             aws_ec2_endpoint_url: {url}\n            aws_ec2_subnets: [{subnet}]\n            \
+             aws_ec2_security_groups: [{sg}]\n            aws_ec2_ssh_port: {port}\n            \
+             aws_ec2_ssh_key_file: {key}\n            aws_ec2_ssh_poll: 1\n{region}  concrete:\n",
+            url = moto(),
+            subnet = r.subnet,
+            sg = r.security_group,
+            port = sshd.port,
+            key = key.display(),
+            // the shipped region, but for the tests that need a region of their own
+            region = if r.name == "us-east-1" {
+                String::new()
+            } else {
+                format!("            aws_ec2_region: {}\n", r.name)
+            },
+        );
+        for (pool, ami) in [
+            (T2, "centos-9s-x86_64"),
+            (T2_10, "centos-10s-x86_64"),
+            (C6G, "centos-9s-aarch64"),
+            ("virt-ec2-c6g-centos-10s-aarch64", "centos-10s-aarch64"),
+            (C5N, "centos-9s-x86_64"),
+            ("metal-ec2-c5n-centos-10s-x86_64", "centos-10s-x86_64"),
+        ] {
+            over.push_str(&format!("    {pool}:\n      image_id: {}\n", r.ami(ami)));
+            if let Some((_, level)) = fill.iter().find(|f| f.0 == pool) {
+                over.push_str(&format!("      fill-level: {level}\n"));
+            }
+            for (_, lines) in extra.iter().filter(|e| e.0 == pool) {
+                over.push_str(lines);
+            }
+        }
+        std::fs::write(conf.join("90_test.yaml"), over).unwrap();
+        ok(&duffy(Some(&conf), &["config", "check"]));
+        ok(&duffy(Some(&conf), &["migrate"]));
+        Stack {
+            r,
+            sshd,
+            dir,
+            conf,
+            db,
+            key,
+            fill: fill.to_vec(),
+            sched: None,
+            scheds: 0,
         }
     }
-    std::fs::write(conf.join("90_test.yaml"), over).unwrap();
-    ok(&duffy(Some(&conf), &["config", "check"]));
-    ok(&duffy(Some(&conf), &["migrate"]));
-    let api_key = create_tenant(&conf, "tnt", &["--node-quota", "3"]);
-    let server = Server::start(&conf);
-    let sched_log = d.join("scheduler.log");
-    // only these three pools are filled (the others keep their shipped levels, unused here)
-    let mut cmd = duffy_cmd(
-        Some(&conf),
-        &["scheduler", "--pool", T2, "--pool", C6G, "--pool", C5N],
-    );
-    ec2_env(&mut cmd)
-        .current_dir(repo())
-        .env("DUFFY_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&sched_log).unwrap());
-    let _sched = Daemon(cmd.spawn().expect("start duffy scheduler"));
 
-    let diag = || {
-        format!(
-            "nodes: {:?}\njobs: {:?}\ninstances: {:?}\nscheduler: {}",
-            db.rows("SELECT id || ' ' || pool || ' ' || state || ' ' || coalesce(ipaddr, '-') FROM nodes ORDER BY id"),
-            db.rows("SELECT id || ' ' || kind || ' ' || state || ' ' || coalesce(last_error, '') FROM duffy_jobs ORDER BY id"),
-            r.instances(),
-            std::fs::read_to_string(&sched_log).unwrap_or_default()
-        )
-    };
-    let wait = |what: &str, f: &dyn Fn() -> bool| {
+    /// Start `duffy scheduler --pool …` (the pools of `fill`) in the repository (the shipped
+    /// `topdir: playbooks` is relative to it).
+    fn start_scheduler(&mut self) {
+        self.scheds += 1;
+        let log = self
+            .dir
+            .path()
+            .join(format!("scheduler-{}.log", self.scheds));
+        let mut args = vec!["scheduler"];
+        for (p, _) in &self.fill {
+            args.extend(["--pool", p]);
+        }
+        let mut cmd = duffy_cmd(Some(&self.conf), &args);
+        ec2_env(&mut cmd)
+            .current_dir(repo())
+            .env("DUFFY_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(log).unwrap());
+        self.sched = Some(Daemon(cmd.spawn().expect("start duffy scheduler")));
+    }
+
+    /// SIGKILL the scheduler (its playbooks die with it: PR_SET_PDEATHSIG).
+    fn kill_scheduler(&mut self) {
+        self.sched = None;
+    }
+
+    fn diag(&self) -> String {
+        let mut s = format!(
+            "nodes: {:?}\njobs: {:?}\ninstances: {:?}\n",
+            self.db.rows("SELECT id || ' ' || pool || ' ' || state || ' ' || coalesce(ipaddr, '-') || ' ' || coalesce(data->>'error', '') FROM nodes ORDER BY id"),
+            self.db.rows("SELECT id || ' ' || kind || ' ' || state || ' attempts=' || attempts || ' ' || coalesce(last_error, '') FROM duffy_jobs ORDER BY id"),
+            self.r.instances(),
+        );
+        for p in self.db.rows(
+            "SELECT log_path FROM duffy_jobs WHERE log_path IS NOT NULL ORDER BY updated_at DESC LIMIT 2",
+        ) {
+            let text = std::fs::read_to_string(&p).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(40).collect();
+            s.push_str(&format!("--- {p} (tail)\n"));
+            for l in tail.iter().rev() {
+                s.push_str(l);
+                s.push('\n');
+            }
+        }
+        for i in 1..=self.scheds {
+            let p = self.dir.path().join(format!("scheduler-{i}.log"));
+            s.push_str(&format!(
+                "--- scheduler-{i}.log\n{}",
+                std::fs::read_to_string(p).unwrap_or_default()
+            ));
+        }
+        s
+    }
+
+    fn wait(&self, what: &str, f: &dyn Fn() -> bool) {
         let start = Instant::now();
         while !f() {
             assert!(
                 start.elapsed() < Duration::from_secs(150),
                 "waited for {what}\n{}",
-                diag()
+                self.diag()
             );
             std::thread::sleep(Duration::from_millis(200));
         }
-    };
-    let ready = |pool: &str| {
-        db.rows(&format!(
+    }
+
+    fn ready(&self, pool: &str) -> Vec<String> {
+        self.db.rows(&format!(
             "SELECT id FROM nodes WHERE pool = '{pool}' AND state = 'ready' ORDER BY id"
         ))
-    };
-    let filled = || fill.iter().all(|(p, n)| ready(p).len() == *n);
-    wait("the pools filled", &filled);
+    }
+
+    fn filled(&self) -> bool {
+        self.fill
+            .iter()
+            .all(|(p, n)| self.ready(p).len() == *n as usize)
+    }
+}
+
+/// `serve` + `scheduler` with the shipped `etc/pools/70_nodepools-ec2.yaml` (see [`Stack`] for
+/// what is overridden), in the shipped region: the t2, c6g (aarch64) and c5n.metal pools fill
+/// with instances of the right type/AMI/tags, `duffy client request-session` lends them within
+/// the tenant's quota, the pools refill, retiring terminates the instances, the nodes end
+/// `done`, and no instance is left without a live node.
+#[test]
+fn shipped_pools_fill_lend_retire_refill() {
+    let mut st = Stack::new(
+        Region::new("us-east-1", 6),
+        &[(T2, 2), (C6G, 1), (C5N, 1)],
+        "",
+        &[],
+    );
+    let api_key = create_tenant(&st.conf, "tnt", &["--node-quota", "3"]);
+    let server = Server::start(&st.conf);
+    st.start_scheduler();
+    let (r, db) = (&st.r, &st.db);
+    let ready = |p: &str| st.ready(p);
+    let filled = || st.filled();
+    st.wait("the pools filled", &filled);
     // every node is a running instance of its pool's type and AMI, tagged for it
     let check_node = |id: &str| {
         let prov: Value = serde_json::from_str(&db.one(&format!(
@@ -705,7 +810,7 @@ fn shipped_pools_fill_lend_retire_refill() {
         assert_eq!(i["type"], ty, "node {id}");
         assert_eq!(i["image"], r.ami(ami).as_str(), "node {id}");
     };
-    for (p, _) in fill {
+    for (p, _) in &st.fill {
         for id in ready(p) {
             check_node(&id);
         }
@@ -755,11 +860,11 @@ fn shipped_pools_fill_lend_retire_refill() {
     );
     assert_eq!(ready(C5N).len(), 1);
     // the lent nodes are replaced by new instances
-    wait("the pools refilled after lending", &filled);
+    st.wait("the pools refilled after lending", &filled);
 
     let s1_id = s1["session"]["id"].to_string();
     ok(&client(&["retire-session", &s1_id]));
-    wait("the retired nodes done", &|| {
+    st.wait("the retired nodes done", &|| {
         s1_nodes
             .iter()
             .all(|id| db.one(&format!("SELECT state FROM nodes WHERE id = {id}")) == "done")
@@ -767,7 +872,7 @@ fn shipped_pools_fill_lend_retire_refill() {
     for id in &s1_nodes {
         assert_eq!(r.live_for(id), Vec::<Value>::new(), "node {id}'s instance");
     }
-    wait("the pools full", &filled);
+    st.wait("the pools full", &filled);
     // no instance without a live node, no live node without its instance
     let live_nodes =
         db.rows("SELECT id FROM nodes WHERE state IN ('ready', 'deployed') ORDER BY id");
@@ -779,5 +884,216 @@ fn shipped_pools_fill_lend_retire_refill() {
         .into_iter()
         .filter(|i| i["state"] == "running")
         .collect();
-    assert_eq!(running.len(), live_nodes.len(), "{running:?}\n{}", diag());
+    assert_eq!(
+        running.len(),
+        live_nodes.len(),
+        "{running:?}\n{}",
+        st.diag()
+    );
+}
+
+/// `tests/ec2/faulty.py` in front of the moto server: the first `count` RunInstances calls
+/// (-1: all) get AWS's error `code`; killed on drop.
+struct Faulty {
+    child: Child,
+    url: String,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Faulty {
+    fn start(code: &str, count: i32) -> Faulty {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("faulty.log");
+        let port = free_port();
+        let child = Command::new(venvs().moto.join("bin/python"))
+            .arg(repo().join("tests/ec2/faulty.py"))
+            .args([&port.to_string(), moto(), code, &count.to_string()])
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&log).unwrap())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start faulty.py");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "faulty.py did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Faulty {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+            log,
+            _dir: dir,
+        }
+    }
+
+    /// One line per RunInstances call: "RunInstances <code>" or "RunInstances forwarded".
+    fn calls(&self) -> Vec<String> {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+}
+
+impl Drop for Faulty {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Failures the cloud produces, through the scheduler and the shipped pools, each pool behind
+/// its own faulty endpoint:
+/// - c5n.metal: `InstanceLimitExceeded` on every start → node `failed` with AWS's code in its
+///   reason, retried with back-off, given up after `max-attempts`, then the pool pauses instead
+///   of looping; nothing started;
+/// - t2 10s: `InsufficientInstanceCapacity` twice → amazon.aws's own back-off retries the start
+///   (it treats the code as transient), node `ready`, one instance;
+/// - c6g: `RequestLimitExceeded` twice → the SDK's back-off, node `ready`, one instance;
+/// - t2 9s: an instance that never becomes reachable → terminated each attempt, node `failed`
+///   with the reason, no instance left running.
+#[test]
+fn cloud_errors_fail_cleanly_with_back_off() {
+    let limit = Faulty::start("InstanceLimitExceeded", -1);
+    let capacity = Faulty::start("InsufficientInstanceCapacity", 2);
+    let throttled = Faulty::start("RequestLimitExceeded", 2);
+    let closed = free_port();
+    let pool_vars = |pool: &'static str, vars: String| {
+        (
+            pool,
+            format!("      mechanism:\n        ansible:\n          extra-vars: {{{vars}}}\n"),
+        )
+    };
+    let extra = [
+        pool_vars(C5N, format!("aws_ec2_endpoint_url: '{}'", limit.url)),
+        pool_vars(T2_10, format!("aws_ec2_endpoint_url: '{}'", capacity.url)),
+        pool_vars(C6G, format!("aws_ec2_endpoint_url: '{}'", throttled.url)),
+        pool_vars(
+            T2,
+            format!("aws_ec2_ssh_port: {closed}, aws_ec2_ssh_timeout: 3"),
+        ),
+    ];
+    let mut st = Stack::new(
+        Region::new("sa-east-1", 7),
+        &[(C5N, 1), (T2_10, 1), (C6G, 1), (T2, 1)],
+        "  max-attempts: 2\n",
+        &extra,
+    );
+    st.start_scheduler();
+    let given_up = |pool: &str| {
+        st.db.rows(&format!(
+            "SELECT attempts FROM duffy_jobs WHERE pool = '{pool}' AND kind = 'provision' AND state = 'failed'"
+        ))
+    };
+    st.wait("c5n and t2 9s given up, t2 10s and c6g ready", &|| {
+        given_up(C5N).len() == 1
+            && given_up(T2).len() == 1
+            && st.ready(T2_10).len() == 1
+            && st.ready(C6G).len() == 1
+    });
+    for pool in [C5N, T2] {
+        assert_eq!(given_up(pool), ["2"], "{pool}: two attempts\n{}", st.diag());
+    }
+    let tagged = |pool: &str| -> Vec<Value> {
+        st.r.instances()
+            .into_iter()
+            .filter(|i| i["tags"]["DuffyPool"] == pool)
+            .collect()
+    };
+    let error = |pool: &str| {
+        st.db.one(&format!(
+            "SELECT data->'error'->>'detail' FROM nodes WHERE pool = '{pool}' AND state = 'failed'"
+        ))
+    };
+
+    // the limit: AWS's code in the node's reason, one RunInstances per attempt, nothing started
+    let e = error(C5N);
+    assert!(e.contains("InstanceLimitExceeded"), "{e}");
+    assert!(e.contains("giving up after 2 attempts"), "{e}");
+    assert_eq!(limit.calls(), ["RunInstances InstanceLimitExceeded"; 2]);
+    assert_eq!(tagged(C5N), Vec::<Value>::new());
+
+    // capacity and request limit: retried with back-off within the run, one instance each
+    for (pool, faulty, code) in [
+        (T2_10, &capacity, "InsufficientInstanceCapacity"),
+        (C6G, &throttled, "RequestLimitExceeded"),
+    ] {
+        let want = [
+            format!("RunInstances {code}"),
+            format!("RunInstances {code}"),
+            "RunInstances forwarded".to_string(),
+        ];
+        assert_eq!(faulty.calls(), want, "{pool}");
+        let live = tagged(pool);
+        assert_eq!(live.len(), 1, "{pool}: {live:?}");
+        assert_eq!(live[0]["state"], "running", "{pool}");
+    }
+
+    // never reachable: an instance per attempt, each terminated; the reason says why
+    let e = error(T2);
+    assert!(e.contains("Wait until sshd greets"), "{e}");
+    let t2 = tagged(T2);
+    assert_eq!(t2.len(), 2, "{t2:?}");
+    assert!(t2.iter().all(|i| i["state"] == "terminated"), "{t2:?}");
+
+    // the pools whose jobs gave up are paused (fill-interval·2ⁿ), not refilled in a loop: the
+    // sweeps after the give-ups queued nothing new for them
+    std::thread::sleep(Duration::from_secs(2));
+    for pool in [C5N, T2] {
+        let jobs = st.db.one(&format!(
+            "SELECT count(*) FROM duffy_jobs WHERE pool = '{pool}' AND kind = 'provision'"
+        ));
+        assert_eq!(jobs, "1", "{pool}\n{}", st.diag());
+    }
+}
+
+/// The scheduler SIGKILLed while its playbook waits for a started instance (the instance
+/// exists, the node is not recorded): the next attempt, by a new scheduler once the lease
+/// expired, finds the instance by its tags — one instance for the node, ever.
+#[test]
+fn sigkill_mid_provision_leaves_one_instance_per_node() {
+    let mut st = Stack::new(
+        Region::new("ca-central-1", 8),
+        &[(T2, 1)],
+        "  lease: 3s\n",
+        &[],
+    );
+    // sshd greets but does not let duffy's key in yet: the playbook waits there
+    st.sshd.deauthorize();
+    st.start_scheduler();
+    let node = {
+        let st = &st;
+        let mut id = String::new();
+        st.wait("an instance started for the provisioning node", &|| {
+            st.db
+                .rows("SELECT id FROM nodes WHERE state = 'provisioning'")
+                .first()
+                .is_some_and(|n| !st.r.live_for(n).is_empty())
+        });
+        id.push_str(
+            &st.db
+                .one("SELECT id FROM nodes WHERE state = 'provisioning'"),
+        );
+        id
+    };
+    st.kill_scheduler();
+    let first = st.r.live_for(&node);
+    assert_eq!(first.len(), 1, "{first:?}");
+    st.sshd.authorize(&st.key);
+    st.start_scheduler();
+    st.wait("the node ready", &|| st.ready(T2) == [node.clone()]);
+    let all: Vec<Value> =
+        st.r.instances()
+            .into_iter()
+            .filter(|i| i["tags"]["DuffyNodeId"] == node.as_str())
+            .collect();
+    assert_eq!(all.len(), 1, "two instances for node {node}: {all:?}");
+    assert_eq!(all[0]["id"], first[0]["id"]);
+    assert_eq!(all[0]["state"], "running");
+    let recorded = st.db.one(&format!(
+        "SELECT data->'provision'->>'ec2_instance_id' FROM nodes WHERE id = {node}"
+    ));
+    assert_eq!(all[0]["id"], recorded.as_str());
 }
