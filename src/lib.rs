@@ -20,6 +20,7 @@ pub mod ipmi;
 pub mod jinja;
 pub mod output;
 pub mod percent;
+pub mod reconcile;
 pub mod scheduler;
 pub mod secrets;
 pub mod sshkeys;

@@ -21,7 +21,9 @@
 //!   `tests/ec2/faulty.py` in front of moto (moto itself never produces them), and an instance
 //!   that never becomes reachable, through the scheduler;
 //! - `sigkill_mid_provision_leaves_one_instance_per_node`: the scheduler SIGKILLed between
-//!   "instance started" and "node recorded".
+//!   "instance started" and "node recorded";
+//! - `reconcile_finds_and_fixes_what_changed_behind_duffys_back`: `duffy reconcile [--apply]`
+//!   with `playbooks/ec2-reconcile.yml`.
 mod common;
 
 use std::net::TcpListener;
@@ -1096,4 +1098,132 @@ fn sigkill_mid_provision_leaves_one_instance_per_node() {
         "SELECT data->'provision'->>'ec2_instance_id' FROM nodes WHERE id = {node}"
     ));
     assert_eq!(all[0]["id"], recorded.as_str());
+}
+
+/// `duffy reconcile` with the shipped pool file's `ec2-reconcile.yml`: an instance started
+/// behind duffy's back with this installation's tags (no live node: an orphan) and a node whose
+/// instance was terminated behind its back are found by the dry run, which changes nothing;
+/// `--apply` leaves the orphan alone within the grace period, marks the node `failed`, and with
+/// `--grace 0s` terminates the orphan — each action audited; another installation's instance,
+/// an untagged one and the healthy node are never touched.
+#[test]
+fn reconcile_finds_and_fixes_what_changed_behind_duffys_back() {
+    let mut st = Stack::new(Region::new("ap-northeast-1", 9), &[(T2, 2)], "", &[]);
+    st.start_scheduler();
+    st.wait("the pool filled", &|| st.filled());
+    // nothing else moves while duffy reconcile runs
+    st.kill_scheduler();
+    let nodes = st.ready(T2);
+    let (gone_node, healthy) = (nodes[0].clone(), nodes[1].clone());
+    let instance_of = |node: &str| {
+        st.db.one(&format!(
+            "SELECT data->'provision'->>'ec2_instance_id' FROM nodes WHERE id = {node}"
+        ))
+    };
+    let (gone_instance, healthy_instance) = (instance_of(&gone_node), instance_of(&healthy));
+    let r = &st.r;
+    let run = |tags: &[&str]| -> String {
+        let ami = r.ami("centos-9s-x86_64");
+        let mut args = vec!["run", r.subnet.as_str(), ami.as_str()];
+        args.extend_from_slice(tags);
+        aws(r.name, &args).as_str().unwrap().to_string()
+    };
+    let orphan = run(&[
+        "DuffyInstallation=production",
+        &format!("DuffyPool={T2}"),
+        "DuffyNodeId=999",
+    ]);
+    let staging = run(&[
+        "DuffyInstallation=staging",
+        &format!("DuffyPool={T2}"),
+        "DuffyNodeId=999",
+    ]);
+    let untagged = run(&["Name=someone-elses"]);
+    aws(r.name, &["terminate", &gone_instance]);
+
+    let reconcile = |args: &[&str]| -> String {
+        let mut a = vec!["reconcile", "--pool", T2];
+        a.extend_from_slice(args);
+        let mut cmd = duffy_cmd(Some(&st.conf), &a);
+        ec2_env(&mut cmd).current_dir(repo());
+        ok(&output_within(cmd, Duration::from_secs(120)))
+    };
+    let audit = || {
+        st.db.rows(
+            "SELECT action || ' ' || coalesce(entity_id::text, '-') || ' ' || detail::text \
+             FROM duffy_audit_log WHERE actor = 'reconcile' ORDER BY id",
+        )
+    };
+    let state = |node: &str| {
+        st.db
+            .one(&format!("SELECT state FROM nodes WHERE id = {node}"))
+    };
+
+    let out = reconcile(&["--grace", "0s"]);
+    assert!(
+        out.contains(&format!(
+            "orphan: pool {T2}: instance {orphan} (node 999, not live; age "
+        )) && out.contains("would terminate (dry run)"),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!(
+            "gone: pool {T2}: node {gone_node} (ready) has no running instance: would mark failed (dry run)"
+        )),
+        "{out}"
+    );
+    assert!(out.ends_with("2 finding(s), dry run\n"), "{out}");
+    assert_eq!(state(&gone_node), "ready");
+    assert_eq!(r.state_of(&orphan), "running");
+    assert_eq!(audit(), Vec::<String>::new());
+
+    // default grace (1 h): the fresh orphan is left alone; the node is failed
+    let out = reconcile(&["--apply"]);
+    assert!(
+        out.contains(&format!("instance {orphan} ")) && out.contains("within the grace period"),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!(
+            "node {gone_node} (ready) has no running instance: marked failed"
+        )),
+        "{out}"
+    );
+    assert_eq!(r.state_of(&orphan), "running");
+    assert_eq!(state(&gone_node), "failed");
+    let reason = st.db.one(&format!(
+        "SELECT data->'error'->>'detail' FROM nodes WHERE id = {gone_node}"
+    ));
+    assert!(reason.contains("instance is gone"), "{reason}");
+
+    let out = reconcile(&["--apply", "--grace", "0s"]);
+    assert!(
+        out.contains(&format!("instance {orphan} (node 999, not live; age "))
+            && out.contains("): terminated"),
+        "{out}"
+    );
+    assert!(out.ends_with("1 finding(s), applied\n"), "{out}");
+    assert_eq!(r.state_of(&orphan), "terminated");
+    for (what, id) in [
+        ("staging's", &staging),
+        ("untagged", &untagged),
+        ("healthy", &healthy_instance),
+    ] {
+        assert_eq!(r.state_of(id), "running", "{what} instance");
+    }
+    assert_eq!(state(&healthy), "ready");
+    let a = audit();
+    assert_eq!(a.len(), 2, "{a:?}");
+    assert!(
+        a[0].starts_with(&format!("reconcile-instance-gone {gone_node} ")),
+        "{a:?}"
+    );
+    assert!(
+        a[1].starts_with("reconcile-terminate - ") && a[1].contains(&orphan),
+        "{a:?}"
+    );
+
+    // and now nothing is left to do
+    let out = reconcile(&["--grace", "0s"]);
+    assert_eq!(out, "0 finding(s), dry run\n");
 }

@@ -8,6 +8,7 @@ mod admin;
 mod client;
 mod configcmd;
 mod migrate;
+mod reconcile;
 mod scheduler;
 mod serve;
 mod stats;
@@ -91,6 +92,9 @@ pub enum Command {
     Scheduler(scheduler::SchedulerArgs),
     /// Per-pool node counts (ready, deployed, provisioning) for operators and Zabbix
     Stats(stats::StatsArgs),
+    /// Compare the provider's instances with the database: orphans, nodes whose instance is
+    /// gone (dry run unless --apply)
+    Reconcile(reconcile::ReconcileArgs),
 }
 
 fn init_logging(level: &str) {
@@ -169,6 +173,7 @@ fn run(cli: Cli) -> CliResult {
         Command::ServeLegacy(a) => serve::run_legacy(a, cfg, &level),
         Command::Scheduler(a) => scheduler::run(a, cfg),
         Command::Stats(a) => db::block_on(stats::run(a, &cfg)),
+        Command::Reconcile(a) => db::block_on(reconcile::run(a, &cfg)),
     }
 }
 

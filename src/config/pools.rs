@@ -38,6 +38,9 @@ pub struct Mechanism {
     pub extra_vars: Mapping,
     pub provision: Playbook,
     pub deprovision: Option<Playbook>,
+    /// duffy's own `reconcile` playbook (`duffy reconcile`): lists the provider's instances of
+    /// the pool and terminates the ones it is given (`playbooks/ec2-reconcile.yml`)
+    pub reconcile: Option<Playbook>,
 }
 
 /// One pool after inheritance.
@@ -141,10 +144,18 @@ fn mechanism(ctx: &Ctx, vars: &Mapping, concrete: bool) -> Result<Option<Mechani
     };
     for k in ans.keys() {
         let k = key_text(k);
-        if !["topdir", "extra-vars", "provision", "deprovision"].contains(&k.as_str()) {
+        if ![
+            "topdir",
+            "extra-vars",
+            "provision",
+            "deprovision",
+            "reconcile",
+        ]
+        .contains(&k.as_str())
+        {
             return Err(ctx.err(
                 &format!("mechanism.ansible.{k}"),
-                "unknown key, expected topdir, extra-vars, provision or deprovision",
+                "unknown key, expected topdir, extra-vars, provision, deprovision or reconcile",
             ));
         }
     }
@@ -153,12 +164,14 @@ fn mechanism(ctx: &Ctx, vars: &Mapping, concrete: bool) -> Result<Option<Mechani
         get_map(ctx, &ans, "extra-vars", "mechanism.ansible.extra-vars")?.unwrap_or_default();
     let provision = playbook(ctx, &ans, "provision")?;
     let deprovision = playbook(ctx, &ans, "deprovision")?;
+    let reconcile = playbook(ctx, &ans, "reconcile")?;
     match provision {
         Some(provision) => Ok(Some(Mechanism {
             topdir,
             extra_vars,
             provision,
             deprovision,
+            reconcile,
         })),
         None if concrete => Err(ctx.err(
             "mechanism.ansible.provision",
