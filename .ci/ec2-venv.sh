@@ -12,9 +12,16 @@
 #   moto venv:    ${DUFFY_MOTO_VENV:-<repo>/.venv-moto}  moto[server] (${DUFFY_MOTO:-moto[server]==5.*}),
 #                 the EC2 API the tests start on 127.0.0.1 (bin/moto_server).
 #
+# `--no-moto`: only the ansible venv (a scheduler host running the EC2 pools for real:
+# playbooks/README.md, "Running the EC2 pools").
+#
 # Idempotent (nothing is done when both venvs already work) and safe to run concurrently: each
 # install is serialised by a lock file inside its venv (.ci/lib/venv.sh).
 set -euo pipefail
+case "${1:-}" in
+'' | --no-moto) ;;
+*) echo "ec2-venv.sh: unknown argument $1 (expected --no-moto)" >&2; exit 2 ;;
+esac
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 EC2="${DUFFY_EC2_VENV:-$REPO/.venv-ec2}"
@@ -72,4 +79,5 @@ if ! ec2_ready; then
     v="$(grep -o '"version": *"[^"]*"' "$COLL/MANIFEST.json" | head -1)"
     echo "ec2-venv: amazon.aws $v in $EC2/collections" >&2
 fi
+[ "${1:-}" = --no-moto ] && exit 0
 moto_ready || venv_install moto-venv "$MOTO" moto_ready -- "$MOTO_SPEC"
