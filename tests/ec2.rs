@@ -23,7 +23,8 @@
 //! - `sigkill_mid_provision_leaves_one_instance_per_node`: the scheduler SIGKILLed between
 //!   "instance started" and "node recorded";
 //! - `reconcile_finds_and_fixes_what_changed_behind_duffys_back`: `duffy reconcile [--apply]`
-//!   with `playbooks/ec2-reconcile.yml`.
+//!   with `playbooks/ec2-reconcile.yml`; `the_scheduler_reconciles_periodically_when_asked`:
+//!   `scheduler.reconcile-interval`.
 mod common;
 
 use std::net::TcpListener;
@@ -1226,4 +1227,45 @@ fn reconcile_finds_and_fixes_what_changed_behind_duffys_back() {
     // and now nothing is left to do
     let out = reconcile(&["--grace", "0s"]);
     assert_eq!(out, "0 finding(s), dry run\n");
+}
+
+/// `scheduler.reconcile-interval` (off by default): the daemon runs `reconcile --apply` on its
+/// own timer; an instance started behind its back with the installation's tags is terminated
+/// (past `reconcile-grace`) and audited, the pool's own instance stays.
+#[test]
+fn the_scheduler_reconciles_periodically_when_asked() {
+    let mut st = Stack::new(
+        Region::new("eu-north-1", 10),
+        &[(T2, 1)],
+        "  reconcile-interval: 2s\n  reconcile-grace: 0s\n",
+        &[],
+    );
+    st.start_scheduler();
+    st.wait("the pool filled", &|| st.filled());
+    let node = st.ready(T2)[0].clone();
+    let ami = st.r.ami("centos-9s-x86_64");
+    let pool_tag = format!("DuffyPool={T2}");
+    let orphan = aws(
+        st.r.name,
+        &[
+            "run",
+            &st.r.subnet,
+            &ami,
+            "DuffyInstallation=production",
+            &pool_tag,
+            "DuffyNodeId=999",
+        ],
+    );
+    let orphan = orphan.as_str().unwrap();
+    // the audit row is written once the playbook has terminated it
+    let audit = || {
+        st.db.rows(
+            "SELECT action || ' ' || (detail->>'instance_id') FROM duffy_audit_log WHERE actor = 'reconcile'",
+        )
+    };
+    st.wait("the orphan's termination audited", &|| !audit().is_empty());
+    assert_eq!(audit(), [format!("reconcile-terminate {orphan}")]);
+    assert_eq!(st.r.state_of(orphan), "terminated");
+    assert_eq!(st.r.live_for(&node).len(), 1);
+    assert_eq!(st.ready(T2), [node]);
 }

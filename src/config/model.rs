@@ -480,6 +480,12 @@ pub struct SchedulerConfig {
     /// jobs (playbook runs) one scheduler process runs at the same time
     #[serde(default = "SchedulerConfig::d_jobs")]
     pub max_jobs: u32,
+    /// run `duffy reconcile --apply` every so often (the pools with a reconcile playbook);
+    /// default: never
+    pub reconcile_interval: Option<ConfigDuration>,
+    /// the periodic reconcile's grace period for orphaned instances (`--grace`)
+    #[serde(default = "SchedulerConfig::d_reconcile_grace")]
+    pub reconcile_grace: ConfigDuration,
 }
 
 impl SchedulerConfig {
@@ -506,6 +512,9 @@ impl SchedulerConfig {
     }
     fn d_jobs() -> u32 {
         8
+    }
+    fn d_reconcile_grace() -> ConfigDuration {
+        ConfigDuration(Duration::from_secs(3600))
     }
 
     /// `state-dir`, else systemd's `$STATE_DIRECTORY` (`StateDirectory=duffy`), else
