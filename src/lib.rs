@@ -24,6 +24,7 @@ pub mod legacy_import;
 pub mod metrics;
 pub mod output;
 pub mod percent;
+pub mod reconcile;
 pub mod scheduler;
 pub mod secrets;
 pub mod sshkeys;

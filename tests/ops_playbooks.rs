@@ -588,11 +588,24 @@ fn tasks(playbook: &str) -> Vec<(String, String, serde_yaml::Value)> {
         "until",
         "retries",
         "delay",
+        "changed_when",
     ];
-    play["tasks"]
-        .as_sequence()
-        .expect("tasks")
-        .iter()
+    // a block's tasks (and its rescue's) count as the play's, in order
+    fn flat(ts: &serde_yaml::Value, out: &mut Vec<serde_yaml::Value>) {
+        for t in ts.as_sequence().expect("tasks") {
+            if t.get("block").is_some() {
+                flat(&t["block"], out);
+                if let Some(r) = t.get("rescue") {
+                    flat(r, out);
+                }
+            } else {
+                out.push(t.clone());
+            }
+        }
+    }
+    let mut all = Vec::new();
+    flat(&play["tasks"], &mut all);
+    all.iter()
         .map(|t| {
             let m = t.as_mapping().expect("task mapping");
             let name = t["name"].as_str().expect("every task named").to_string();
@@ -642,6 +655,11 @@ fn ec2_playbooks_follow_the_provision_contract() {
         "{{ item.id | string }}"
     );
     assert_eq!(start["tags"]["DuffyNodeId"], "{{ item.id | string }}");
+    // and the installation's, so that staging never adopts production's (tests/ec2.rs)
+    assert_eq!(
+        start["filters"]["tag:DuffyInstallation"],
+        "{{ ec2_installation }}"
+    );
     let collect = &prov
         .iter()
         .find(|t| t.0 == "Collect the instances, in duffy_in order")
@@ -663,5 +681,5 @@ fn ec2_playbooks_follow_the_provision_contract() {
         .unwrap()
         .2;
     assert_eq!(stop["state"], "absent");
-    assert_eq!(stop["instance_ids"], "{{ ec2_ids }}");
+    assert_eq!(stop["instance_ids"], "{{ ec2_all }}");
 }

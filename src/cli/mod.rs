@@ -9,6 +9,7 @@ mod client;
 mod configcmd;
 mod import_legacy;
 mod migrate;
+mod reconcile;
 mod scheduler;
 mod serve;
 mod stats;
@@ -95,6 +96,9 @@ pub enum Command {
     /// Take over a Duffy v2 installation: import its tenants, hosts and sessions from MariaDB
     /// (a dry run unless --apply)
     ImportLegacy(import_legacy::ImportLegacyArgs),
+    /// Compare the provider's instances with the database: orphans, nodes whose instance is
+    /// gone (dry run unless --apply)
+    Reconcile(reconcile::ReconcileArgs),
 }
 
 fn init_logging(level: &str) {
@@ -190,6 +194,7 @@ fn run(cli: Cli) -> CliResult {
         Command::Scheduler(a) => scheduler::run(a, cfg),
         Command::Stats(a) => db::block_on(stats::run(a, &cfg)),
         Command::ImportLegacy(a) => db::block_on(import_legacy::run(a, &cfg)),
+        Command::Reconcile(a) => db::block_on(reconcile::run(a, &cfg)),
     }
 }
 

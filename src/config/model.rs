@@ -507,6 +507,12 @@ pub struct SchedulerConfig {
     /// `HOST:PORT` where the daemon serves `GET /metrics` (Prometheus, no authentication);
     /// unset: no listener
     pub metrics_listen: Option<String>,
+    /// run `duffy reconcile --apply` every so often (the pools with a reconcile playbook);
+    /// default: never
+    pub reconcile_interval: Option<ConfigDuration>,
+    /// the periodic reconcile's grace period for orphaned instances (`--grace`)
+    #[serde(default = "SchedulerConfig::d_reconcile_grace")]
+    pub reconcile_grace: ConfigDuration,
 }
 
 impl SchedulerConfig {
@@ -533,6 +539,9 @@ impl SchedulerConfig {
     }
     fn d_jobs() -> u32 {
         8
+    }
+    fn d_reconcile_grace() -> ConfigDuration {
+        ConfigDuration(Duration::from_secs(3600))
     }
 
     /// `state-dir`, else systemd's `$STATE_DIRECTORY` (`StateDirectory=duffy`), else

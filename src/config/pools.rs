@@ -40,6 +40,9 @@ pub struct Mechanism {
     pub extra_vars: Mapping,
     pub provision: Option<Playbook>,
     pub deprovision: Option<Playbook>,
+    /// duffy's own `reconcile` playbook (`duffy reconcile`): lists the provider's instances of
+    /// the pool and terminates the ones it is given (`playbooks/ec2-reconcile.yml`)
+    pub reconcile: Option<Playbook>,
 }
 
 /// One pool after inheritance.
@@ -124,6 +127,7 @@ fn mechanism(ctx: &Ctx, vars: &Mapping, concrete: bool) -> Result<Option<Mechani
             extra_vars: Mapping::new(),
             provision: None,
             deprovision: None,
+            reconcile: None,
         })
     };
     let Some(mech) = get_map(ctx, vars, "mechanism", "mechanism")? else {
@@ -150,10 +154,18 @@ fn mechanism(ctx: &Ctx, vars: &Mapping, concrete: bool) -> Result<Option<Mechani
     };
     for k in ans.keys() {
         let k = key_text(k);
-        if !["topdir", "extra-vars", "provision", "deprovision"].contains(&k.as_str()) {
+        if ![
+            "topdir",
+            "extra-vars",
+            "provision",
+            "deprovision",
+            "reconcile",
+        ]
+        .contains(&k.as_str())
+        {
             return Err(ctx.err(
                 &format!("mechanism.ansible.{k}"),
-                "unknown key, expected topdir, extra-vars, provision or deprovision",
+                "unknown key, expected topdir, extra-vars, provision, deprovision or reconcile",
             ));
         }
     }
@@ -162,6 +174,7 @@ fn mechanism(ctx: &Ctx, vars: &Mapping, concrete: bool) -> Result<Option<Mechani
         get_map(ctx, &ans, "extra-vars", "mechanism.ansible.extra-vars")?.unwrap_or_default();
     let provision = playbook(ctx, &ans, "provision")?;
     let deprovision = playbook(ctx, &ans, "deprovision")?;
+    let reconcile = playbook(ctx, &ans, "reconcile")?;
     if !concrete && provision.is_none() {
         return Ok(None);
     }
@@ -170,6 +183,7 @@ fn mechanism(ctx: &Ctx, vars: &Mapping, concrete: bool) -> Result<Option<Mechani
         extra_vars,
         provision,
         deprovision,
+        reconcile,
     }))
 }
 

@@ -478,7 +478,12 @@ fn unknown_keys_inside_sections_are_rejected_with_their_path() {
         (
             "nodepools: {abstract: {a: {mechanism: {type: ansible, ansible: {top-dir: /x}}}}}",
             "nodepools.abstract.a.mechanism.ansible.top-dir",
-            "unknown key, expected topdir, extra-vars, provision or deprovision",
+            "unknown key, expected topdir, extra-vars, provision, deprovision or reconcile",
+        ),
+        (
+            "nodepools: {abstract: {a: {mechanism: {type: ansible, ansible: {reconcile: {}}}}}}",
+            "nodepools.abstract.a.mechanism.ansible.reconcile.playbook",
+            "required: the playbook to run",
         ),
         (
             "nodepools: {abstract: {a: {mechanism: {type: ansible, ansible: {provision: {playbook: p, vars: {}}}}}}}",

@@ -436,3 +436,22 @@ pub async fn pool_levels(
         .await?;
     Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
 }
+
+/// The non-retired nodes of `pool` in one of `states`, in id order (`duffy reconcile`).
+pub async fn in_pool(
+    c: &impl GenericClient,
+    pool: &str,
+    states: &[NodeState],
+) -> Result<Vec<Node>, DbError> {
+    let states: Vec<&str> = states.iter().map(|s| s.as_str()).collect();
+    let rows = c
+        .query(
+            &format!(
+                "SELECT {COLUMNS} FROM nodes WHERE pool = $1 AND retired_at IS NULL \
+                 AND state::text = ANY($2) ORDER BY id"
+            ),
+            &[&pool, &states],
+        )
+        .await?;
+    Ok(rows.iter().map(Node::from).collect())
+}

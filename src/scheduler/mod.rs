@@ -855,6 +855,30 @@ pub async fn run_daemon(s: Arc<Scheduler>, url: String) -> Result<(), SchedulerE
     let mut outage_retry = OUTAGE_RETRY_MIN;
     let mut failed_retry = FAILED_RETRY_MIN;
     tracing::info!(owner = %s.owner, "scheduler started");
+    // `reconcile-interval`: `duffy reconcile --apply` on a timer of its own, beside the loop (its
+    // playbooks take a while); it ends with the process
+    let reconciler = s.cfg.scheduler.reconcile_interval.map(|iv| {
+        let s = s.clone();
+        tokio::spawn(async move {
+            let opts = crate::reconcile::Options {
+                apply: true,
+                pools: s.pools.clone().unwrap_or_default(),
+                grace: s.cfg.scheduler.reconcile_grace.0,
+            };
+            let iv = iv.0.max(Duration::from_secs(1));
+            loop {
+                tokio::time::sleep(iv).await;
+                match crate::reconcile::run(&s.cfg, &s.db, &opts).await {
+                    Ok(findings) => {
+                        for f in findings {
+                            tracing::warn!("reconcile: {f}");
+                        }
+                    }
+                    Err(e) => tracing::error!("reconcile: {e}"),
+                }
+            }
+        })
+    });
     'run: loop {
         let pass = async {
             if listener.is_none() {
@@ -1029,6 +1053,9 @@ pub async fn run_daemon(s: Arc<Scheduler>, url: String) -> Result<(), SchedulerE
                 _ = stopped(&mut stop) => break 'run,
             }
         }
+    }
+    if let Some(r) = reconciler {
+        r.abort();
     }
     shutdown(&s, set).await;
     if let Some(bus) = bus {

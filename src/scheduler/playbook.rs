@@ -413,6 +413,7 @@ mod tests {
                     extra_vars: serde_yaml::from_str("{b: '{{ type }}'}").unwrap(),
                 }),
                 deprovision: None,
+                reconcile: None,
             }),
             contextualize: crate::config::Contextualize::None,
         }
