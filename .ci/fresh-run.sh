@@ -46,7 +46,8 @@ scratch="$(mktemp -d /tmp/duffy-fresh-run.XXXXXX)"
 # the scratch directory holds the overlays' layers; it is removed when the command ends (the
 # mounts go with the namespace, which ends with the last process in it)
 mkdir "$scratch/real-run"
-mount --bind /run "$scratch/real-run"
+# recursive: when fresh-run.sh runs inside itself, /run/postgresql is a mount of its own
+mount --rbind /run "$scratch/real-run"
 mount -t tmpfs -o mode=755,nosuid,nodev duffy-fresh-run /run
 mkdir -m 1777 /run/lock
 ln -s /dev/shm /run/shm

@@ -520,6 +520,34 @@ fn host_authorized_keys() -> Option<Vec<u8>> {
     std::fs::read("/root/.ssh/authorized_keys").ok()
 }
 
+/// `.ci/fresh-run.sh` inside itself (CI runs the whole suite in it, and the lab tests re-run
+/// themselves in it) still sees PostgreSQL's socket: the inner view once bound the outer /run
+/// without its submounts, so `/run/postgresql` was empty there (tests/deploy_role.rs failed).
+#[test]
+fn fresh_run_nests_and_keeps_the_database_socket() {
+    let sock = "/run/postgresql/.s.PGSQL.5432";
+    assert!(
+        Path::new(sock).exists(),
+        "{sock}: the machine's PostgreSQL is expected on its Unix socket too"
+    );
+    let script = repo().join(".ci/fresh-run.sh");
+    let o = run(Command::new("bash")
+        .arg(&script)
+        .arg("bash")
+        .arg(&script)
+        .args([
+            "bash",
+            "-c",
+            &format!("test -S {sock} && test ! -e /run/sshd && echo inner-ok"),
+        ]));
+    assert!(
+        stdout(&o).contains("inner-ok"),
+        "{}{}",
+        stdout(&o),
+        stderr(&o)
+    );
+}
+
 #[test]
 fn lab_pool_end_to_end() {
     if !fresh_run_view("lab_pool_end_to_end") {
