@@ -1,6 +1,6 @@
 //! `duffy reconcile`: compare the provider's instances of each pool with the database.
 //!
-//! The provider-specific part is a playbook — the pool's `mechanism.ansible.reconcile`
+//! The provider-specific part is a playbook — the pool's `reconcile`
 //! (`playbooks/ec2-reconcile.yml` for EC2), run like the scheduler's (`duffy_in`/`duffy_out`,
 //! the pool's templated extra vars): given `duffy_in.nodes` (the pool's nodes that should have
 //! an instance), it reports `duffy_out.instances = [{instance_id, node_id, state, launch_time}]`,
@@ -147,7 +147,7 @@ fn pools<'a>(cfg: &'a Config, opts: &Options) -> Result<Vec<&'a Pool>, Reconcile
             }
             Some(p) if !with(&p) => {
                 return Err(ReconcileError::Usage(format!(
-                    "--pool {name}: the pool has no mechanism.ansible.reconcile playbook"
+                    "--pool {name}: the pool has no reconcile playbook (pool key `reconcile`)"
                 )))
             }
             Some(_) => {}

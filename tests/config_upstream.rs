@@ -324,3 +324,41 @@ fn a_pool_without_provision_playbook_is_reported_by_the_scheduler() {
         "{error}"
     );
 }
+
+/// Operators run upstream and duffy side by side on one configuration while they switch (the
+/// v2 → duffy take-over, #15): the upstream part of every file duffy ships (its sections
+/// without duffy's own, which go into a file only duffy reads: upstream's model is closed at the
+/// top) must pass upstream's validation, so duffy's keys inside upstream's sections go where
+/// upstream allows extra keys (a pool's own level), never inside `mechanism`, which it closes.
+#[test]
+fn upstream_accepts_every_shipped_pool_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut shipped: Vec<PathBuf> = std::fs::read_dir(repo().join("etc/pools"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+        .collect();
+    shipped.sort();
+    assert!(shipped.len() >= 3, "{shipped:?}");
+    let mut files = Vec::new();
+    for f in &shipped {
+        let mut doc: serde_yaml::Mapping =
+            serde_yaml::from_str(&std::fs::read_to_string(f).unwrap()).unwrap();
+        for s in duffy::config::DUFFY_SECTIONS {
+            doc.remove(s);
+        }
+        assert!(doc.contains_key("nodepools"), "{}", f.display());
+        let part = dir.path().join(f.file_name().unwrap());
+        std::fs::write(&part, serde_yaml::to_string(&doc).unwrap()).unwrap();
+        files.push(part);
+    }
+    let verdicts = upstream_accepts(&files);
+    for (f, ok) in files.iter().zip(verdicts) {
+        assert!(
+            ok,
+            "upstream refuses {}: {}",
+            f.display(),
+            stderr(&upstream_check(f))
+        );
+    }
+}

@@ -93,8 +93,17 @@ fn get_map(ctx: &Ctx, m: &Mapping, key: &str, path: &str) -> Result<Option<Mappi
 }
 
 fn playbook(ctx: &Ctx, m: &Mapping, key: &str) -> Result<Option<Playbook>, ConfigError> {
-    let path = format!("mechanism.ansible.{key}");
-    let Some(pb) = get_map(ctx, m, key, &path)? else {
+    playbook_at(ctx, m, key, &format!("mechanism.ansible.{key}"))
+}
+
+/// A `{playbook, extra-vars}` map under `key` of `m`; errors name `path`.
+fn playbook_at(
+    ctx: &Ctx,
+    m: &Mapping,
+    key: &str,
+    path: &str,
+) -> Result<Option<Playbook>, ConfigError> {
+    let Some(pb) = get_map(ctx, m, key, path)? else {
         return Ok(None);
     };
     for k in pb.keys() {
@@ -154,18 +163,18 @@ fn mechanism(ctx: &Ctx, vars: &Mapping, concrete: bool) -> Result<Option<Mechani
     };
     for k in ans.keys() {
         let k = key_text(k);
-        if ![
-            "topdir",
-            "extra-vars",
-            "provision",
-            "deprovision",
-            "reconcile",
-        ]
-        .contains(&k.as_str())
-        {
+        if k == "reconcile" {
+            // upstream's model closes `mechanism`: a key of duffy's own there would make
+            // upstream refuse a configuration both run on
+            return Err(ctx.err(
+                "mechanism.ansible.reconcile",
+                "duffy's reconcile playbook is the pool key `reconcile: {playbook: …}` (upstream refuses unknown keys under mechanism)",
+            ));
+        }
+        if !["topdir", "extra-vars", "provision", "deprovision"].contains(&k.as_str()) {
             return Err(ctx.err(
                 &format!("mechanism.ansible.{k}"),
-                "unknown key, expected topdir, extra-vars, provision, deprovision or reconcile",
+                "unknown key, expected topdir, extra-vars, provision or deprovision",
             ));
         }
     }
@@ -174,7 +183,8 @@ fn mechanism(ctx: &Ctx, vars: &Mapping, concrete: bool) -> Result<Option<Mechani
         get_map(ctx, &ans, "extra-vars", "mechanism.ansible.extra-vars")?.unwrap_or_default();
     let provision = playbook(ctx, &ans, "provision")?;
     let deprovision = playbook(ctx, &ans, "deprovision")?;
-    let reconcile = playbook(ctx, &ans, "reconcile")?;
+    // duffy's own key, at the pool's level (see above); run from the mechanism's topdir
+    let reconcile = playbook_at(ctx, vars, "reconcile", "reconcile")?;
     if !concrete && provision.is_none() {
         return Ok(None);
     }

@@ -478,11 +478,16 @@ fn unknown_keys_inside_sections_are_rejected_with_their_path() {
         (
             "nodepools: {abstract: {a: {mechanism: {type: ansible, ansible: {top-dir: /x}}}}}",
             "nodepools.abstract.a.mechanism.ansible.top-dir",
-            "unknown key, expected topdir, extra-vars, provision, deprovision or reconcile",
+            "unknown key, expected topdir, extra-vars, provision or deprovision",
         ),
         (
             "nodepools: {abstract: {a: {mechanism: {type: ansible, ansible: {reconcile: {}}}}}}",
-            "nodepools.abstract.a.mechanism.ansible.reconcile.playbook",
+            "nodepools.abstract.a.mechanism.ansible.reconcile",
+            "duffy's reconcile playbook is the pool key `reconcile: {playbook: …}` (upstream refuses unknown keys under mechanism)",
+        ),
+        (
+            "nodepools: {abstract: {a: {reconcile: {}, mechanism: {type: ansible, ansible: {}}}}}",
+            "nodepools.abstract.a.reconcile.playbook",
             "required: the playbook to run",
         ),
         (
