@@ -325,12 +325,7 @@ pub async fn run(
         loop {
             tokio::select! {
                 _ = tokio::time::sleep_until(deadline) => break,
-                heard = async {
-                    match listener.as_mut() {
-                        Some(l) => l.rx.recv().await,
-                        None => std::future::pending().await,
-                    }
-                } => match heard {
+                heard = jobs::heard(&mut listener) => match heard {
                     Some(jobs::Heard::Notify(_)) => {
                         // all NOTIFYs waiting are one wake-up
                         while let Some(Ok(jobs::Heard::Notify(_))) = listener.as_mut().map(|l| l.rx.try_recv()) {}

@@ -491,6 +491,14 @@ pub struct Listener {
     _client: tokio_postgres::Client,
 }
 
+/// What `listener` hears next; with no listener, never (the caller's timer ends its wait).
+pub async fn heard(listener: &mut Option<Listener>) -> Option<Heard> {
+    match listener.as_mut() {
+        Some(l) => l.rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Open a [`Listener`] on `channel`.
 pub async fn listen(url: &str, channel: &str) -> Result<Listener, DbError> {
     use futures_util::future::poll_fn;

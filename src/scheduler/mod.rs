@@ -1004,12 +1004,7 @@ pub async fn run_daemon(s: Arc<Scheduler>, url: String) -> Result<(), SchedulerE
         loop {
             tokio::select! {
                 _ = tokio::time::sleep_until(deadline) => break,
-                heard = async {
-                    match listener.as_mut() {
-                        Some(l) => l.rx.recv().await,
-                        None => std::future::pending().await,
-                    }
-                } => match heard {
+                heard = jobs::heard(&mut listener) => match heard {
                     Some(jobs::Heard::Notify(first)) => {
                         // every event waiting is handled by one pass
                         let mut more = 0;
