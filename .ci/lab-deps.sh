@@ -3,7 +3,9 @@
 # (tests/e2e_lab.rs) need on the host: OpenSSH's server (`/usr/sbin/sshd`, Debian package
 # `openssh-server`; each lab node runs its own sshd inside its network namespace), the ssh
 # client and ssh-keygen (`openssh-client`), `ip` (`iproute2`) and `unshare`/`setsid`/`nsenter`
-# (`util-linux`).
+# (`util-linux`); for tests/deploy_role.rs, which deploys onto a lab node, also `strip`
+# (`binutils`) and `systemd-analyze` (`systemd`: the units are verified offline, nothing is
+# started).
 #
 # Idempotent: does nothing when all of them exist. Safe to run concurrently (several tests may
 # start it): the install is serialised by a lock file. The package's own sshd service is NOT
@@ -19,7 +21,9 @@ have() {
         command -v ip >/dev/null 2>&1 &&
         command -v unshare >/dev/null 2>&1 &&
         command -v setsid >/dev/null 2>&1 &&
-        command -v nsenter >/dev/null 2>&1
+        command -v nsenter >/dev/null 2>&1 &&
+        command -v strip >/dev/null 2>&1 &&
+        command -v systemd-analyze >/dev/null 2>&1
 }
 
 if have; then
@@ -27,7 +31,7 @@ if have; then
 fi
 
 if [ "${EUID:-$(id -u)}" != 0 ]; then
-    echo "lab-deps.sh: sshd/ssh/ip/unshare missing and not root: run 'apt-get install -y openssh-server openssh-client iproute2 util-linux' as root" >&2
+    echo "lab-deps.sh: sshd/ssh/ip/unshare missing and not root: run 'apt-get install -y openssh-server openssh-client iproute2 util-linux binutils systemd' as root" >&2
     exit 1
 fi
 
@@ -48,7 +52,7 @@ fi
 export DEBIAN_FRONTEND=noninteractive
 # wait for dpkg's lock rather than fail when another setup script installs at the same time
 apt=(apt-get -o DPkg::Lock::Timeout=600 -y -qq --no-install-recommends)
-pkgs=(openssh-server openssh-client iproute2 util-linux)
+pkgs=(openssh-server openssh-client iproute2 util-linux binutils systemd)
 if ! "${apt[@]}" install "${pkgs[@]}" >/dev/null 2>&1; then
     # a bare machine has no package lists yet (or stale ones)
     apt-get -o DPkg::Lock::Timeout=600 update -qq
